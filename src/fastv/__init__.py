@@ -1,0 +1,9 @@
+"""fastv: FastV visual-token pruning for Hugging Face vision-language models."""
+
+from fastv.engine import FastV, PruneHandle
+from fastv.errors import FastVError, UnsupportedModelError
+from fastv.families import FAMILIES, resolve
+from fastv.stats import PruneStats
+
+__all__ = ["FAMILIES", "FastV", "FastVError", "PruneHandle", "PruneStats", "UnsupportedModelError", "resolve"]
+__version__ = "0.1.0"
