@@ -208,8 +208,9 @@ def test_apply_twice():
 
 
 def test_unsupported_model_names_families():
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32,
-                                         num_hidden_layers=2, num_attention_heads=2))
+    model = LlamaForCausalLM(
+        LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2)
+    )
     with pytest.raises(fastv.UnsupportedModelError, match="Supported families: LLaVA-1.5.*Qwen2-VL"):
         FastV().apply(model)
 
@@ -243,12 +244,21 @@ def test_right_padding_refused():
 
 def test_short_sliding_window_refused():
     torch.manual_seed(0)
-    text = MistralConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                         num_attention_heads=2, num_key_value_heads=1, sliding_window=16)
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                              image_size=28, patch_size=7)
-    model = LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text,
-                                                      image_token_id=IMAGE_TOKEN)).eval()
+    text = MistralConfig(
+        vocab_size=256,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        sliding_window=16,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=7
+    )
+    model = LlavaForConditionalGeneration(
+        LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN)
+    ).eval()
     with FastV(k=1).apply(model), pytest.raises(FastVError, match="sliding window \\(16\\)"):
         model(**batch([prompt(5, 5)]))
 

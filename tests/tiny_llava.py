@@ -11,19 +11,36 @@ VOCAB = 256
 GRID = 4  # 28 px / patch 7 -> 4x4 = 16 visual tokens per image
 
 
-def tiny_llava(attn: str = "sdpa", layers: int = 4, seed: int = 0, dtype=torch.float32) -> LlavaForConditionalGeneration:
+def tiny_llava(
+    attn: str = "sdpa", layers: int = 4, seed: int = 0, dtype=torch.float32
+) -> LlavaForConditionalGeneration:
     torch.manual_seed(seed)
     text = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, pad_token_id=PAD,
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=PAD,
     )
     vision = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        image_size=28, patch_size=7, projection_dim=32,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=28,
+        patch_size=7,
+        projection_dim=32,
     )
     config = LlavaConfig(
-        vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN,
-        vision_feature_layer=-1, vision_feature_select_strategy="default", projector_hidden_act="gelu",
+        vision_config=vision,
+        text_config=text,
+        image_token_id=IMAGE_TOKEN,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
     )
     config._attn_implementation = attn
     model = LlavaForConditionalGeneration(config).to(dtype).eval()
@@ -50,8 +67,8 @@ def batch(prompts: list[list[int]], seed: int = 0) -> dict[str, torch.Tensor]:
     ids = torch.full((len(prompts), width), PAD)
     mask = torch.zeros(len(prompts), width, dtype=torch.long)
     for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.tensor(p)
-        mask[i, width - len(p):] = 1
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
     n_images = int((ids == IMAGE_TOKEN).sum()) // (GRID * GRID)
     g = torch.Generator().manual_seed(seed)
     pixels = torch.randn(n_images, 3, 28, 28, generator=g)

@@ -39,11 +39,20 @@ FAMILIES: tuple[Family, ...] = (
     Family("LLaVA-OneVision", ("llava_onevision",), "any-resolution tiles, pooled frames", video=True),
     Family("Qwen2-VL", ("qwen2_vl",), "merged 2x2 patch grid, M-RoPE positions", video=True),
     Family("Qwen2.5-VL", ("qwen2_5_vl",), "merged 2x2 patch grid, M-RoPE positions", video=True),
-    Family("Qwen3-VL", ("qwen3_vl",), "merged patch grid, M-RoPE; deepstack", video=True,
-           notes="K must be >= the deepstack depth"),
+    Family(
+        "Qwen3-VL",
+        ("qwen3_vl",),
+        "merged patch grid, M-RoPE; deepstack",
+        video=True,
+        notes="K must be >= the deepstack depth",
+    ),
     Family("InternVL", ("internvl",), "pixel-shuffled tiles"),
-    Family("Gemma3", ("gemma3",), "pooled square grid (256 per image)",
-           notes="sliding-window layers: the prompt must fit the window"),
+    Family(
+        "Gemma3",
+        ("gemma3",),
+        "pooled square grid (256 per image)",
+        notes="sliding-window layers: the prompt must fit the window",
+    ),
     Family("Idefics3", ("idefics3",), "pixel-shuffled tiles"),
     Family("SmolVLM", ("smolvlm",), "pixel-shuffled tiles"),
 )
@@ -102,9 +111,7 @@ def resolve(model: torch.nn.Module) -> Adapter:
     if text_model is None or not hasattr(text_model, "layers"):
         raise UnsupportedModelError(f"could not find the language model's decoder layers in {type(model).__name__}")
     ids = tuple(
-        int(v)
-        for name in ("image_token_id", "video_token_id")
-        if (v := getattr(config, name, None)) is not None
+        int(v) for name in ("image_token_id", "video_token_id") if (v := getattr(config, name, None)) is not None
     )
     if not ids:
         raise UnsupportedModelError(f"{type(model).__name__} config names no image/video token id")
