@@ -269,7 +269,7 @@ def test_foreign_cache_refused():
     with FastV(k=2).apply(model) as handle:
         model(**inputs)  # pruned prefill; then decode on the unpruned cache
         nxt = {"input_ids": torch.tensor([[3]]), "past_key_values": out.past_key_values}
-        with pytest.raises(FastVError, match="not filled by this FastV prefill"):
+        with pytest.raises(FastVError, match="not filled by this prefill"):
             model(**nxt)
     assert handle.model is model
 

@@ -114,19 +114,28 @@ def query_attention(
     softcap = kwargs.get("softcap")
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
-    allowed = _allowed(attention_mask, row_idx, q_len, kv_len, query.shape[0], query.device)
+    causal = kwargs.get("is_causal", getattr(module, "is_causal", True))
+    allowed = _allowed(attention_mask, row_idx, q_len, kv_len, query.shape[0], query.device, bool(causal))
     logits = logits.masked_fill(~allowed, float("-inf"))
     return torch.softmax(logits, dim=-1).nan_to_num(0.0)
 
 
 def _allowed(
-    mask: torch.Tensor | None, row_idx: torch.Tensor, q_len: int, kv_len: int, batch: int, device: torch.device
+    mask: torch.Tensor | None,
+    row_idx: torch.Tensor,
+    q_len: int,
+    kv_len: int,
+    batch: int,
+    device: torch.device,
+    causal: bool = True,
 ) -> torch.Tensor:
-    """Boolean (B, 1|H, rows, kv) of the keys each chosen row may see."""
+    """Boolean (B, 1|H, rows, kv) of the keys each chosen row may see (no mask: causal or all)."""
     if mask is None or mask.ndim == 2:
         offset = kv_len - q_len
-        causal = torch.arange(kv_len, device=device)[None, :] <= (row_idx[:, None] + offset)
-        allowed = causal[None, None].expand(batch, 1, -1, -1)
+        ok = torch.arange(kv_len, device=device)[None, :] <= (row_idx[:, None] + offset)
+        if not causal:
+            ok = torch.ones_like(ok)
+        allowed = ok[None, None].expand(batch, 1, -1, -1)
         if mask is not None:  # 2D padding mask (flash attention path)
             allowed = allowed & mask[:, None, None, -kv_len:].bool()
         return allowed

@@ -1,9 +1,9 @@
-"""Turn per-token scores into the set of sequence positions that layers >= K keep.
+"""Turn per-token scores into the set of sequence positions that the next layers keep.
 
 Text tokens (and the last prompt token, whose logits generation needs) are always kept; visual
 tokens compete on score within their own sample. Samples of one batch may keep different
 numbers of tokens (different visual-token counts); the batch stays rectangular by topping short
-samples up with "filler" slots taken from their pruned tokens and masked out of attention.
+samples up with "filler" slots taken from tokens they drop, masked out of attention.
 """
 
 from __future__ import annotations
@@ -18,21 +18,31 @@ from fastv.errors import FastVError
 
 @dataclass
 class Selection:
-    index: torch.Tensor  # (B, L') sorted sequence positions kept by layers >= K
+    index: torch.Tensor  # (B, L') sorted sequence positions the next layers compute
     valid: torch.Tensor | None  # (B, L') False on filler slots; None when there are none
     keep_mask: torch.Tensor  # (B, L) True where a position is kept (fillers excluded)
     kept_visual: list[torch.Tensor]  # per sample, sorted positions of the kept visual tokens
-    num_visual: list[int]
+    num_visual: list[int]  # visual tokens that competed (alive before this stage)
     num_kept: list[int]
 
 
-def select(scores: torch.Tensor, visual: torch.Tensor, keep_count: Callable[[int], int]) -> Selection:
-    """Keep the `keep_count(n)` best-scoring of each sample's n visual tokens."""
-    batch, length = visual.shape
-    keep_mask = torch.ones_like(visual)
+def select(
+    scores: torch.Tensor,
+    candidates: torch.Tensor,
+    keep_count: Callable[[int], int],
+    present: torch.Tensor | None = None,
+    rows: torch.Tensor | None = None,
+) -> Selection:
+    """Keep the `keep_count(n)` best-scoring of each sample's n candidate (visual) positions.
+
+    scores, candidates: (B, L) over original positions. present: positions still computed before
+    this stage (default all); rows: (B, Lc) the rows computed now, from which fillers are taken.
+    """
+    batch, length = candidates.shape
+    keep_mask = torch.ones_like(candidates) if present is None else present.clone()
     kept_visual, num_visual, num_kept = [], [], []
     for b in range(batch):
-        vis = visual[b].nonzero().squeeze(1)
+        vis = candidates[b].nonzero().squeeze(1)
         n = vis.numel()
         k = keep_count(n)
         if not 0 <= k <= n:
@@ -49,11 +59,13 @@ def select(scores: torch.Tensor, visual: torch.Tensor, keep_count: Callable[[int
     if bool((counts == width).all()):
         index = keep_mask.nonzero()[:, 1].view(batch, width)
         return Selection(index, None, keep_mask, kept_visual, num_visual, num_kept)
-    rows, valid = [], []
+    if rows is None:
+        rows = torch.arange(length, device=candidates.device).expand(batch, -1)
+    index, valid = [], []
     for b in range(batch):
-        fill = (~keep_mask[b]).nonzero().squeeze(1)[: width - int(counts[b])]
+        spare = rows[b][~keep_mask[b, rows[b]]]  # computed now but dropped by this stage
         slot = keep_mask[b].clone()
-        slot[fill] = True
-        rows.append(slot.nonzero().squeeze(1))
-        valid.append(keep_mask[b][rows[-1]])
-    return Selection(torch.stack(rows), torch.stack(valid), keep_mask, kept_visual, num_visual, num_kept)
+        slot[spare[: width - int(counts[b])]] = True
+        index.append(slot.nonzero().squeeze(1))
+        valid.append(keep_mask[b][index[-1]])
+    return Selection(torch.stack(index), torch.stack(valid), keep_mask, kept_visual, num_visual, num_kept)

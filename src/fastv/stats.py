@@ -16,6 +16,7 @@ class PruneStats:
     prompt_len: int
     kept_sequence_index: torch.Tensor | None = None  # (B, L') positions of the rows layers >= K computed
     scores: torch.Tensor | None = None  # (B, L) scores the selection ranked (attention or random)
+    stage_kept: list[list[int]] = field(default_factory=list)  # per cut, per sample: visual tokens kept
     flops: dict[str, float] = field(default_factory=dict)  # filled by fastv.flops when available
 
     @property

@@ -1,0 +1,105 @@
+"""What a token-reduction method tells the engine: where to cut, how many to keep, how to rank.
+
+A method is a small dataclass that turns its settings into `Stage`s. The engine (`PruneHandle`)
+owns every hook; a stage only scores tokens (and, for merging methods, rewrites the kept rows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from fastv.errors import FastVError
+from fastv.selection import Selection
+
+if TYPE_CHECKING:
+    from fastv.engine import PruneHandle
+    from fastv.families import Adapter
+
+Mode = Literal["drop", "mask"]
+Rows = Literal["last", "text_after_visual"]
+
+
+@dataclass
+class StageContext:
+    """Everything a stage may rank by. Positions are original sequence positions."""
+
+    input_ids: torch.Tensor  # (B, L)
+    visual: torch.Tensor  # (B, L) every visual position
+    alive: torch.Tensor  # (B, L) visual positions still computed before this stage
+    hidden: torch.Tensor  # (B, Lc, H) hidden states entering the stage's layer
+    rows: torch.Tensor  # (B, Lc) original positions of those rows
+    generator: torch.Generator  # seeded per prefill
+    adapter: Adapter
+    attention: torch.Tensor | None = None  # (B, r, Lc) head-averaged probs of the tapped query rows
+    query_rows: torch.Tensor | None = None  # (B, r) original positions of those query rows
+    query_valid: torch.Tensor | None = None  # (B, r) which tapped rows count for each sample
+    extra: dict[str, Any] = field(default_factory=dict)  # method-specific (e.g. vision attention)
+
+    def absolute(self, current: torch.Tensor, fill: float = float("-inf")) -> torch.Tensor:
+        """Scores over the current rows (B, Lc) -> over original positions (B, L)."""
+        out = torch.full(self.visual.shape, fill, dtype=current.dtype, device=current.device)
+        return out.scatter(1, self.rows, current)
+
+
+@dataclass
+class Stage:
+    layer: int  # pruning happens as this decoder layer starts (0: before the language model)
+    keep: Callable[[int], int]  # visual tokens alive -> visual tokens kept
+    score: Callable[[StageContext], torch.Tensor]  # (B, L) over original positions; higher is kept
+    attention_rows: Rows | None = None  # query rows whose attention at layer-1 the score needs
+    merge: Callable[[StageContext, Selection], torch.Tensor] | None = None  # new hidden rows (B, L', H)
+
+
+@dataclass(kw_only=True)
+class Method:
+    """Common settings. `ratio` drops that share of the visual tokens; `keep` fixes how many stay.
+
+    mode: "drop" removes pruned tokens (the speed-up); "mask" keeps them but hides them from
+        attention after the cut (the reference our tests compare drop mode against).
+    require_visual: raise instead of warning when a prompt holds no visual tokens.
+    """
+
+    ratio: float | None = None
+    keep: int | None = None
+    mode: Mode = "drop"
+    seed: int = 0
+    require_visual: bool = False
+
+    name = "method"
+
+    def __post_init__(self) -> None:
+        if self.ratio is not None and self.keep is not None:
+            raise FastVError("give either ratio or keep, not both")
+        if self.ratio is None and self.keep is None:
+            self.ratio = 0.5
+        if self.ratio is not None and not 0.0 <= self.ratio < 1.0:
+            raise FastVError(f"ratio={self.ratio} is outside [0, 1): it is the share of visual tokens dropped")
+        if self.keep is not None and self.keep < 0:
+            raise FastVError(f"keep={self.keep} must be >= 0 visual tokens")
+        if self.mode not in ("drop", "mask"):
+            raise FastVError(f"mode={self.mode!r}: choose 'drop' or 'mask'")
+
+    def keep_count(self, n_visual: int) -> int:
+        """Visual tokens kept of `n_visual` under a single cut."""
+        if n_visual == 0:
+            return 0
+        if self.keep is not None:
+            return self.keep
+        return n_visual - round(self.ratio * n_visual)
+
+    def stages(self, adapter: Adapter) -> list[Stage]:
+        raise NotImplementedError
+
+    def prepare(self, handle: PruneHandle) -> list[Callable[[], None]]:
+        """Install method-specific observers (e.g. on the vision tower); return their undo callables."""
+        return []
+
+    def apply(self, model: torch.nn.Module) -> PruneHandle:
+        """Install the method on `model`; the returned handle is a context manager and has `remove()`."""
+        from fastv.engine import PruneHandle
+
+        return PruneHandle(self, model)

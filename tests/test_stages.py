@@ -1,0 +1,74 @@
+"""Multi-stage cuts and other rankings on the same engine: drop must still equal the masked reference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+from tiny_llava import IMAGE_TOKEN, batch, prompt, tiny_llava
+
+from fastv import FastVError, FastVMean, Method
+from fastv.methods.base import Stage
+from fastv.methods.fastv import last_token_attention
+
+
+@dataclass(kw_only=True)
+class TwoCuts(Method):
+    """Halve the visual tokens at layer 1, then halve what is left at layer 3 (a small pyramid)."""
+
+    name = "two_cuts"
+
+    def stages(self, adapter):
+        half = lambda n: n - n // 2  # noqa: E731
+        return [Stage(1, half, last_token_attention, "last"), Stage(3, half, last_token_attention, "last")]
+
+
+def _inputs():
+    return batch([prompt(5, 7, images=2, seed=1), prompt(3, 4, images=1, seed=2)])
+
+
+def _run(model, method, inputs):
+    with method.apply(model) as handle:
+        logits = model(**inputs).logits[:, -1]
+        out = model.generate(**inputs, max_new_tokens=6, do_sample=False, return_dict_in_generate=True)
+    return logits, out.sequences, [layer.get_seq_length() for layer in out.past_key_values.layers], handle.stats
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_two_stage_drop_equals_mask(attn):
+    model, inputs = tiny_llava(attn, layers=5), _inputs()
+    ld, sd, lens, stats = _run(model, TwoCuts(), inputs)
+    lm, sm, lens_m, _ = _run(model, TwoCuts(mode="mask"), inputs)
+    assert (ld - lm).abs().max() < 1e-4 and torch.equal(sd, sm)
+    assert stats.stage_kept == [[16, 8], [8, 4]]
+    full = inputs["input_ids"].shape[1]
+    widths = sorted(set(stats.layer_seq_lens), reverse=True)
+    assert stats.layer_seq_lens == [full, widths[1], widths[1], widths[2], widths[2]]
+    assert lens == [w + 5 for w in stats.layer_seq_lens] and lens_m == [full + 5] * 5
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_fastv_mean_scores_and_equivalence(attn):
+    model, inputs = tiny_llava(attn), _inputs()
+    ld, sd, _, stats = _run(model, FastVMean(k=2), inputs)
+    lm, sm, _, _ = _run(model, FastVMean(k=2, mode="mask"), inputs)
+    assert (ld - lm).abs().max() < 1e-4 and torch.equal(sd, sm)
+    if attn == "eager":
+        att = tiny_llava("eager")(**inputs, output_attentions=True).attentions[1].mean(1)  # (B, L, L)
+        ids = inputs["input_ids"]
+        for b in range(2):
+            last_vis = int((ids[b] == IMAGE_TOKEN).nonzero().max())
+            expected = att[b, last_vis + 1 :].mean(0)
+            vis = ids[b] == IMAGE_TOKEN
+            assert torch.allclose(stats.scores[b, vis], expected[vis], atol=1e-6)
+
+
+def test_two_cuts_at_one_layer_refused():
+    @dataclass(kw_only=True)
+    class Same(Method):
+        def stages(self, adapter):
+            return [Stage(1, lambda n: n, last_token_attention, "last")] * 2
+
+    with pytest.raises(FastVError, match="two cuts at one layer"):
+        Same().apply(tiny_llava())
