@@ -280,3 +280,14 @@ def test_no_warning_on_normal_use():
         warnings.simplefilter("error")
         with FastV().apply(model):
             model.generate(**inputs, max_new_tokens=2, do_sample=False)
+
+
+def test_handle_reports_prefill_flops():
+    model, inputs = tiny_llava(), _inputs()
+    with FastV(k=2, ratio=0.5).apply(model) as handle:
+        model(**inputs)
+    f = handle.stats.flops
+    assert f["pruned"] < f["full"] and 0 < f["reduction"] < 1
+    with FastV(k=2, ratio=0.0).apply(model) as handle:
+        model(**inputs)
+    assert handle.stats.flops["reduction"] == 0

@@ -313,6 +313,7 @@ class PruneHandle:
             kept_sequence_index=last.index,
             scores=scores,
             stage_kept=[s.num_kept for s in self._done],
+            flops=_flops(self.adapter, lens, call.prompt_len, call.visual.shape[0]),
         )
 
     def _memoized(self, key: Any, obj: Any, fn) -> Any:
@@ -367,6 +368,15 @@ class PruneHandle:
             n, kwargs.get("attention_mask"), lambda m: _decode_mask(m, sel, call.prompt_len, full_total, q_len)
         )
         return args, kwargs
+
+
+def _flops(adapter: Adapter, lens: list[int], prompt_len: int, batch: int) -> dict[str, float]:
+    """The language model's prefill FLOPs as run vs unpruned (exact count for this architecture)."""
+    from fastv.flops import prefill_flops
+
+    full = prefill_flops(adapter.text_config, [prompt_len] * len(lens), batch)
+    pruned = prefill_flops(adapter.text_config, lens, batch)
+    return {"full": full, "pruned": pruned, "reduction": 1 - pruned / full, "speedup": full / pruned}
 
 
 def _prefill_mask(mask: torch.Tensor | None, sel: Selection) -> torch.Tensor | None:
