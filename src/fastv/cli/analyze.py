@@ -1,0 +1,165 @@
+"""`fastv analyze`: where does the model's attention go, layer by layer, on your own image?
+
+Only parses options and calls `fastv.analysis` / `fastv.plots`; one prompt gives JSON + PNGs + a
+table, a folder of images (or a JSONL of image/prompt pairs) gives the mean allocation per layer.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fastv.cli import app
+from fastv.errors import FastVError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+console = Console()
+
+
+def _parse_layers(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as err:
+        raise FastVError(f"--layers {text!r}: give comma-separated integers, e.g. 0,1,2,8,31") from err
+
+
+def _table(result: Any, title: str, layers: list[int] | None = None) -> Table:
+    from fastv.analysis import GROUPS
+
+    groups = result.groups_present()
+    table = Table(title=title, title_justify="left")
+    table.add_column("layer", justify="right")
+    for g in groups:
+        table.add_column(f"{g} %", justify="right")
+    table.add_column("visual eff./token", justify="right")
+    eff = result.efficiency
+    for i, layer in enumerate(result.layers):
+        if layers is not None and layer not in layers:
+            continue
+        row = [f"{100 * float(result.share[i, GROUPS.index(g)]):.1f}" for g in groups]
+        table.add_row(str(layer), *row, f"{float(eff[i, GROUPS.index('visual')]):.2e}")
+    return table
+
+
+def _samples(image: list[Path], prompt: str, prompts: Path | None) -> list[tuple[str, list[Path], str]]:
+    """(name, images, prompt) per prompt to aggregate over."""
+    if prompts is not None:
+        out = []
+        for n, line in enumerate(prompts.read_text().splitlines()):
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            paths = item.get("image") or item.get("images") or []
+            paths = [paths] if isinstance(paths, str) else paths
+            out.append((item.get("name", f"{n:05d}"), [prompts.parent / p for p in paths], item["prompt"]))
+        return out
+    folder = image[0]
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FastVError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {str(folder)!r}")
+    return [(p.stem, [p], prompt) for p in files]
+
+
+@app.command()
+def analyze(
+    model: str = typer.Option("default", "--model", "-m", help="'default', a save_pretrained folder, or a hub id."),
+    image: list[Path] = typer.Option(
+        [], "--image", "-i", help="Image file (repeat for several in one prompt), or one folder to aggregate over."
+    ),
+    prompt: str = typer.Option("Describe the image.", "--prompt", "-p", help="The user's text."),
+    video: Path | None = typer.Option(None, "--video", help="A folder of frame images, used as one video."),
+    prompts: Path | None = typer.Option(
+        None, "--prompts", help='JSONL, one {"image": path, "prompt": text} per line: aggregate over them.'
+    ),
+    layers: str | None = typer.Option(None, "--layers", help="Layers to report, e.g. 0,1,2,8,31 (default: all)."),
+    out: Path = typer.Option(Path("fastv-analysis"), "--out", "-o", help="Folder for the JSON and PNGs."),
+    k: int = typer.Option(2, "--k", help="FastV layer K: the outlined tokens are those it keeps."),
+    ratio: float = typer.Option(0.5, "--ratio", "-r", help="FastV ratio R: share of visual tokens dropped."),
+    query: str = typer.Option("last", "--query", help="Whose attention: last | instruction | output (mean)."),
+    max_new_tokens: int = typer.Option(0, "--max-new-tokens", help="Generate this many tokens to analyse too."),
+    matrix_layer: int | None = typer.Option(None, "--matrix-layer", help="Layer of the attention matrix (default K)."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16."),
+    attn: str = typer.Option("sdpa", "--attn", help="Attention implementation to load the model with."),
+) -> None:
+    """Per layer, the share of attention each token group gets; heat maps over the image; JSON + PNGs."""
+    from fastv import analysis, plots
+    from fastv.families import resolve
+    from fastv.loading import build_inputs, load_model, to_model
+
+    try:
+        aggregate_mode = prompts is not None or (len(image) == 1 and image[0].is_dir())
+        net, processor = load_model(model, dtype=dtype, attn=attn)
+        wanted = _parse_layers(layers)
+        if wanted is not None:
+            wanted = analysis.layer_indices(wanted, resolve(net).num_layers)
+        out.mkdir(parents=True, exist_ok=True)
+        # Every layer is cheap (a few query rows each): the charts show them all, --layers picks
+        # the table rows and heat maps.
+        options = dict(query=query, max_new_tokens=max_new_tokens, k=k, ratio=ratio)
+        if aggregate_mode:
+            _aggregate(net, processor, _samples(image, prompt, prompts), options, out, wanted)
+            return
+        from fastv.loading import load_frames, load_image
+
+        inputs = to_model(build_inputs(processor, image, prompt, video), net)
+        pictures: list[Any] = [load_image(p) for p in image]
+        if video is not None:
+            pictures.append(load_frames(video))
+        result = analysis.analyze(
+            net,
+            inputs,
+            matrix_layer=k if matrix_layer is None else matrix_layer,
+            images=[pictures],
+            processor=processor,
+            **options,
+        )
+    except FastVError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+    paths = {"json": result.save_json(out / "analysis.json"), **plots.save_all(result, out, wanted)}
+    console.print(_table(result, _title(result, model), wanted))
+    for note in result.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    for name, path in paths.items():
+        console.print(f"{name:>10}: {path}")
+
+
+def _title(result: Any, model: str) -> str:
+    kept = f"FastV K={result.k} R={result.ratio:.0%} keeps {len(result.kept)} visual tokens"
+    return f"{model} ({result.family}), query={result.query}: attention share per group. {kept}"
+
+
+def _aggregate(
+    net: Any,
+    processor: Any,
+    samples: list[tuple[str, list[Path], str]],
+    options: dict,
+    out: Path,
+    wanted: list[int] | None,
+) -> None:
+    from tqdm.auto import tqdm
+
+    from fastv import analysis, plots
+    from fastv.loading import build_inputs, to_model
+
+    per_sample = out / "samples"
+    per_sample.mkdir(exist_ok=True)
+    results, names = [], []
+    for name, paths, text in tqdm(samples, desc="fastv analyze", unit="prompt"):
+        inputs = to_model(build_inputs(processor, paths, text), net)
+        result = analysis.analyze(net, inputs, processor=processor, **options)
+        result.save_json(per_sample / f"{name}.json")
+        results.append(result.light())
+        names.append(name)
+    mean = analysis.aggregate(results, names)
+    json_path = mean.save_json(out / "aggregate.json")
+    png = plots.plot_allocation(mean, out / "allocation_mean.png")
+    console.print(_table(mean, f"mean attention share per group over {mean.n} prompts (query={mean.query})", wanted))
+    console.print(f"      json: {json_path}\nallocation: {png}\n   samples: {per_sample}/")

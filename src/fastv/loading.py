@@ -1,0 +1,128 @@
+"""Load a vision-language model with its processor, and turn images + a prompt into model inputs.
+
+Shared by the CLI verbs (`analyze`, `generate`), so it stays family-agnostic: everything goes
+through `AutoModelForImageTextToText`, `AutoProcessor` and the processor's own chat template.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from fastv.errors import FastVError
+
+ImageLike = str | Path | Image.Image
+FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
+
+
+def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """'float32' / 'bfloat16' / 'float16' (or a torch dtype) -> torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, str(dtype), None)
+    if not isinstance(value, torch.dtype):
+        raise FastVError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16")
+    return value
+
+
+def load_model(name_or_path: str, dtype: str | torch.dtype = "float32", attn: str = "sdpa") -> tuple[Any, Any]:
+    """Return `(model, processor)` in eval mode, with left padding (FastV scores the last column).
+
+    `name_or_path` is "default" (fastv's shipped model), a folder written by `save_pretrained`,
+    or a hub id (only where the hub is reachable).
+    """
+    dt = torch_dtype(dtype)
+    if name_or_path == "default":
+        from fastv.default_model import load_default  # written separately; import only when asked
+
+        model, processor = load_default(dtype=dt)
+        if attn:
+            model.set_attn_implementation(attn)
+    else:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        local = Path(name_or_path).is_dir()
+        try:
+            processor = AutoProcessor.from_pretrained(name_or_path, local_files_only=local)
+            model = AutoModelForImageTextToText.from_pretrained(
+                name_or_path, dtype=dt, attn_implementation=attn, local_files_only=local
+            )
+        except OSError as err:
+            where = "folder" if local else "hub id (is the hub reachable? a local folder needs to exist)"
+            raise FastVError(f"could not load {name_or_path!r} as a {where}: {err}") from err
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is not None:
+        tokenizer.padding_side = "left"
+    return model.eval(), processor
+
+
+def load_image(image: ImageLike) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    path = Path(image)
+    if not path.is_file():
+        raise FastVError(f"image {str(path)!r} does not exist")
+    return Image.open(path).convert("RGB")
+
+
+def load_frames(video: str | Path | Sequence[ImageLike]) -> list[Image.Image]:
+    """A video as frames: a folder of frame images (sorted by name) or a list of images.
+
+    Decoding video files needs extra packages (av/decord/torchvision); frames keep this offline.
+    """
+    if isinstance(video, (str, Path)):
+        path = Path(video)
+        if not path.is_dir():
+            raise FastVError(f"video {str(path)!r}: give a folder of frame images (video files are not decoded)")
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
+        if not files:
+            raise FastVError(f"no frame images ({', '.join(FRAME_SUFFIXES)}) in {str(path)!r}")
+        video = files
+    return [load_image(f) for f in video]
+
+
+def chat_text(processor: Any, prompt: str, n_images: int, video: bool) -> str:
+    """The prompt with image/video placeholders, through the processor's chat template when it has one."""
+    content = [{"type": "image"} for _ in range(n_images)]
+    if video:
+        content.append({"type": "video"})
+    content.append({"type": "text", "text": prompt})
+    if getattr(processor, "chat_template", None):
+        messages = [{"role": "user", "content": content}]
+        return processor.apply_chat_template(messages, add_generation_prompt=True)
+    marks = [getattr(processor, "image_token", "<image>")] * n_images
+    if video:
+        marks.append(getattr(processor, "video_token", "<video>"))
+    return " ".join([*marks, prompt])
+
+
+def build_inputs(
+    processor: Any,
+    image_paths: Sequence[ImageLike] = (),
+    prompt: str = "",
+    video: str | Path | Sequence[ImageLike] | None = None,
+) -> Any:
+    """Processor outputs (a `BatchFeature`, batch of 1) for one prompt with its images and/or video."""
+    images = [load_image(p) for p in image_paths]
+    frames = load_frames(video) if video is not None else None
+    text = chat_text(processor, prompt, len(images), frames is not None)
+    kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt"}
+    if images:
+        kwargs["images"] = images
+    if frames is not None:
+        kwargs["videos"] = [frames]
+    return processor(**kwargs)
+
+
+def to_model(inputs: Any, model: torch.nn.Module) -> dict[str, Any]:
+    """Move tensors to the model's device; floating ones (pixels) to its dtype."""
+    out = {}
+    for key, value in dict(inputs).items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(model.device, dtype=model.dtype if value.is_floating_point() else None)
+        out[key] = value
+    return out
