@@ -291,3 +291,12 @@ def test_handle_reports_prefill_flops():
     with FastV(k=2, ratio=0.0).apply(model) as handle:
         model(**inputs)
     assert handle.stats.flops["reduction"] == 0
+
+
+def test_beam_search_drop_equals_mask():
+    model, inputs = tiny_llava(), _inputs()
+    outs = []
+    for mode in ("drop", "mask"):
+        with FastV(k=2, mode=mode).apply(model):
+            outs.append(model.generate(**inputs, max_new_tokens=6, num_beams=3, num_return_sequences=2, do_sample=False))
+    assert torch.equal(outs[0], outs[1]) and outs[0].shape[0] == 4
