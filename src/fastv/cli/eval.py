@@ -1,0 +1,70 @@
+"""`fastv eval`: accuracy, FLOPs and latency of the full model and a grid of FastV settings.
+
+Works the same under `accelerate launch -m fastv eval ...` (data-parallel; the main process merges).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fastv.cli import app
+from fastv.errors import FastVError
+
+
+@app.command("eval")
+def eval_cmd(
+    model: str = typer.Option("default", help="'default', a save_pretrained folder, or a hub id."),
+    data: str = typer.Option(
+        "shapes", help="'shapes[:SPLIT[:N[:KINDS]]]' (built-in), a .jsonl file, parquet, or a save_to_disk folder."
+    ),
+    k: str = typer.Option("1,2,3", "--k", help="Comma-separated pruning layers K."),
+    ratio: str = typer.Option(
+        "0,0.25,0.5,0.75,0.9", "--ratio", help="Comma-separated shares R of visual tokens dropped."
+    ),
+    scorer: str = typer.Option("last_token", help="Comma-separated scorers: last_token (FastV), random."),
+    mode: str = typer.Option("drop", help="drop (the speed-up) or mask (the paper's reference mode)."),
+    out: Path = typer.Option(Path("fastv-eval"), help="Output folder; rerunning with the same folder resumes."),
+    split: str | None = typer.Option(None, help="Split of a save_to_disk DatasetDict (default: test, validation...)."),
+    limit: int | None = typer.Option(None, help="Evaluate the first N samples only."),
+    max_new_tokens: int = typer.Option(16, help="Tokens generated per answer."),
+    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
+    attn: str = typer.Option("sdpa", help="Attention implementation: sdpa, eager, flash_attention_2."),
+    fresh: bool = typer.Option(False, "--fresh", help="Delete earlier results in --out and start over."),
+    cpu: bool = typer.Option(False, "--cpu", help="Stay on CPU even where a GPU is visible."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Run the full model and every (scorer, K, R) on the same samples; write predictions.jsonl,
+    summary.{md,csv,json} and pareto.png to --out. Interrupted runs resume where they stopped."""
+    from fastv.eval.pipeline import EvalConfig, evaluate
+    from fastv.eval.report import table_cells
+    from fastv.eval.settings import fastv_grid, parse_list
+
+    console = Console()
+    console.width = max(console.width, 150)  # the table is wide; let it wrap rather than squeeze cells
+    try:
+        settings = fastv_grid(
+            parse_list(k, int, "k"), parse_list(ratio, float, "ratio"), parse_list(scorer, str, "scorer"), mode
+        )
+        cfg = EvalConfig(model, data, out, split, limit, max_new_tokens, dtype, attn, fresh, progress, cpu)
+        result = evaluate(cfg, settings)
+    except (FastVError, FileNotFoundError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+    if result is None:  # not the main process: it has nothing to print
+        return
+    header, cells = table_cells(result.rows)
+    table = Table(title=f"{model} on {data}")
+    for i, h in enumerate(header):
+        table.add_column(h, justify="left" if i == 0 else "right")
+    for row in cells:
+        table.add_row(*row)
+    console.print(table)
+    console.print(
+        f"[dim]ran {result.ran} new (setting, sample) pairs; wrote "
+        + ", ".join(str(p) for p in result.files)
+        + "[/dim]"
+    )

@@ -1,0 +1,274 @@
+"""Evaluation samples from the built-in shapes benchmark or local files (JSONL, `save_to_disk`, parquet).
+
+Every source becomes a list of `EvalSample`s with a stable `id`: results on disk are keyed by it,
+which is what makes a run resumable and lets shards merge exactly once. Rows are validated up front
+so a typo in row 9,000 fails before hours of compute, with the file and row named.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from fastv.errors import FastVError
+from fastv.loading import FRAME_SUFFIXES, load_image
+
+ImageSource = str | Path | Image.Image | Callable[[], Image.Image]
+METRICS = ("auto", "vqa", "exact", "choice", "cider")
+
+
+@dataclass
+class EvalSample:
+    """One question about one or more images (or a video given as a folder of frames)."""
+
+    id: str
+    question: str
+    answers: list[str]
+    images: list[ImageSource] = field(default_factory=list)
+    video: str | None = None
+    choices: list[str] | None = None
+    kind: str = ""  # a category for per-kind accuracy (question type, subset...)
+    metric: str = "auto"  # how to score it; "auto" picks choice / vqa / exact from the fields
+
+    def load_images(self) -> list[Image.Image]:
+        return [src() if callable(src) else load_image(src) for src in self.images]
+
+    @property
+    def prompt(self) -> str:
+        """The question, with lettered options for multiple choice."""
+        if not self.choices:
+            return self.question
+        options = "\n".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(self.choices))
+        return f"{self.question}\n{options}\nAnswer with the option's letter from the given choices directly."
+
+    @property
+    def scoring(self) -> str:
+        if self.metric != "auto":
+            return self.metric
+        if self.choices:
+            return "choice"
+        return "vqa" if len(self.answers) > 1 else "exact"
+
+
+# --------------------------------------------------------------------------- built-in benchmark
+
+
+def shapes_samples(split: str = "test", n_images: int = 50, kinds: Sequence[str] | None = None) -> list[EvalSample]:
+    """fastv's synthetic shapes benchmark (one question per kind per scene), rendered on demand."""
+    from fastv.datasets import shapes
+
+    chosen = tuple(kinds) if kinds else shapes.KINDS
+    unknown = set(chosen) - set(shapes.KINDS)
+    if unknown:
+        raise FastVError(f"unknown shapes kinds {sorted(unknown)}; choose from {', '.join(shapes.KINDS)}")
+    out = []
+    for s in shapes.eval_samples(split, n_images, chosen):
+        out.append(
+            EvalSample(
+                id=f"shapes/{split}/{s.seed}/{s.kind}",
+                question=s.question,
+                answers=[s.answer],
+                images=[s.image],
+                kind=s.kind,
+                metric="exact",  # one deterministic answer per question, "describe" included
+            )
+        )
+    return out
+
+
+def _parse_shapes_spec(spec: str) -> list[EvalSample]:
+    """'shapes', 'shapes:validation', 'shapes:test:200' or 'shapes:test:200:color,count'."""
+    parts = spec.split(":")
+    split = parts[1] if len(parts) > 1 and parts[1] else "test"
+    try:
+        n = int(parts[2]) if len(parts) > 2 and parts[2] else 50
+    except ValueError as err:
+        raise FastVError(f"--data {spec!r}: the image count must be an integer (shapes:SPLIT:N[:KINDS])") from err
+    kinds = parts[3].split(",") if len(parts) > 3 and parts[3] else None
+    try:
+        return shapes_samples(split, n, kinds)
+    except ValueError as err:
+        raise FastVError(f"--data {spec!r}: {err}") from err
+
+
+# --------------------------------------------------------------------------- rows -> samples
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def _answers(row: dict[str, Any], where: str) -> list[str]:
+    raw = row.get("answers", row.get("answer"))
+    out = []
+    for a in _as_list(raw):
+        if isinstance(a, dict):  # VQAv2 style: {"answer": "...", "answer_confidence": ...}
+            a = a.get("answer")
+        if not isinstance(a, (str, int, float)) or isinstance(a, bool):
+            raise FastVError(f"{where}: answers must be strings (got {a!r})")
+        out.append(str(a))
+    if not out:
+        raise FastVError(f"{where}: no answer: give 'answer' (a string) or 'answers' (a list of strings)")
+    return out
+
+
+def _image_source(value: Any, base: Path | None, where: str) -> ImageSource:
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, dict):  # an HF Image feature stored in parquet/arrow: {"bytes": ..., "path": ...}
+        if value.get("bytes"):
+            data = value["bytes"]
+            return lambda: Image.open(io.BytesIO(data)).convert("RGB")
+        value = value.get("path")
+    if not isinstance(value, (str, Path)) or not str(value):
+        raise FastVError(f"{where}: image must be a file path (got {type(value).__name__})")
+    path = Path(value)
+    if not path.is_absolute() and base is not None:
+        path = base / path
+    if not path.is_file():
+        raise FastVError(f"{where}: image {str(path)!r} does not exist")
+    return path
+
+
+def _video(value: Any, base: Path | None, where: str) -> str:
+    path = Path(value)
+    if not path.is_absolute() and base is not None:
+        path = base / path
+    if not path.is_dir() or not any(p.suffix.lower() in FRAME_SUFFIXES for p in path.iterdir()):
+        raise FastVError(f"{where}: video {str(path)!r} must be a folder of frame images")
+    return str(path)
+
+
+def row_to_sample(row: dict[str, Any], index: int, where: str, base: Path | None = None) -> EvalSample:
+    """Validate one row: image/images or video, question, answer/answers, optional choices/id/kind/metric."""
+    if not isinstance(row, dict):
+        raise FastVError(f"{where}: expected an object with image, question and answer(s), got {type(row).__name__}")
+    question = row.get("question", row.get("prompt"))
+    if not isinstance(question, str) or not question.strip():
+        raise FastVError(f"{where}: missing or empty 'question'")
+    images = [_image_source(v, base, where) for v in _as_list(row.get("images", row.get("image")))]
+    video = _video(row["video"], base, where) if row.get("video") else None
+    if not images and video is None:
+        raise FastVError(f"{where}: no 'image' (or 'images' / 'video'): FastV needs visual tokens")
+    answers = _answers(row, where)
+    choices = row.get("choices", row.get("options"))
+    if choices is not None:
+        if not isinstance(choices, (list, tuple)) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+            raise FastVError(f"{where}: 'choices' must be a list of at least two strings")
+        choices = list(choices)
+        from fastv.eval.metrics import choice_index
+
+        if choice_index(answers[0], choices) is None:
+            raise FastVError(f"{where}: answer {answers[0]!r} is neither a choice letter nor one of {choices}")
+    metric = row.get("metric", "auto")
+    if metric not in METRICS:
+        raise FastVError(f"{where}: metric {metric!r} is not one of {', '.join(METRICS)}")
+    sample_id = row.get("id", row.get("question_id", index))
+    return EvalSample(
+        id=str(sample_id),
+        question=question,
+        answers=answers,
+        images=images,
+        video=video,
+        choices=choices,
+        kind=str(row.get("kind", row.get("question_type", row.get("category", ""))) or ""),
+        metric=metric,
+    )
+
+
+def _check_unique(samples: list[EvalSample], source: str) -> list[EvalSample]:
+    seen: dict[str, int] = {}
+    for i, s in enumerate(samples):
+        if s.id in seen:
+            raise FastVError(f"{source}: rows {seen[s.id]} and {i} share id {s.id!r}; ids must be unique")
+        seen[s.id] = i
+    return samples
+
+
+# --------------------------------------------------------------------------- file formats
+
+
+def load_jsonl(path: Path) -> list[EvalSample]:
+    samples = []
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_no}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise FastVError(f"{where}: not valid JSON ({err.msg})") from err
+            samples.append(row_to_sample(row, len(samples), where, base=path.parent))
+    if not samples:
+        raise FastVError(f"{path}: no rows")
+    return _check_unique(samples, str(path))
+
+
+def _rows_to_samples(rows: Iterable[dict[str, Any]], source: str, base: Path | None) -> list[EvalSample]:
+    samples = [row_to_sample(row, i, f"{source} row {i}", base) for i, row in enumerate(rows)]
+    if not samples:
+        raise FastVError(f"{source}: no rows")
+    return _check_unique(samples, source)
+
+
+def load_parquet(path: Path) -> list[EvalSample]:
+    import pyarrow.parquet as pq
+
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    rows: list[dict[str, Any]] = []
+    for f in files:
+        rows.extend(pq.read_table(f).to_pylist())
+    return _rows_to_samples(rows, str(path), path if path.is_dir() else path.parent)
+
+
+def load_hf_disk(path: Path, split: str | None) -> list[EvalSample]:
+    try:
+        import datasets
+    except ImportError as err:
+        raise FastVError("datasets saved with save_to_disk need the `datasets` package: pip install datasets") from err
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        names = list(ds.keys())
+        chosen = split or next((s for s in ("test", "validation", "val", "train") if s in ds), names[0])
+        if chosen not in ds:
+            raise FastVError(f"{path}: no split {chosen!r}; it has {', '.join(names)}")
+        ds, source = ds[chosen], f"{path}[{chosen}]"
+    else:
+        source = str(path)
+    return _rows_to_samples(iter(ds), source, path)
+
+
+def load_samples(spec: str, split: str | None = None, limit: int | None = None) -> list[EvalSample]:
+    """Samples from `spec`: 'shapes[:SPLIT[:N[:KINDS]]]', a .jsonl file, a .parquet file or folder,
+    or a folder written by `datasets.save_to_disk`. `limit` keeps the first N (handy for a smoke run).
+    """
+    if spec == "shapes" or spec.startswith("shapes:"):
+        samples = _parse_shapes_spec(spec)
+    else:
+        path = Path(spec)
+        if not path.exists():
+            raise FastVError(f"--data {spec!r}: no such file or folder (or use 'shapes' for the built-in benchmark)")
+        if path.suffix in (".jsonl", ".json"):
+            samples = load_jsonl(path)
+        elif path.suffix == ".parquet" or (path.is_dir() and any(path.glob("*.parquet"))):
+            samples = load_parquet(path)
+        elif path.is_dir() and any(
+            (path / f).exists() for f in ("dataset_dict.json", "state.json", "dataset_info.json")
+        ):
+            samples = load_hf_disk(path, split)
+        else:
+            raise FastVError(
+                f"--data {spec!r}: unknown format; give a .jsonl file, parquet, or a datasets save_to_disk folder"
+            )
+    return samples[:limit] if limit else samples

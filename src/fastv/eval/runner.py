@@ -1,0 +1,220 @@
+"""Run every setting on the same samples, one (setting, sample) pair at a time, resumably.
+
+Sample-major order: a sample's inputs are built once and every setting runs on them back to back,
+so partial runs already compare settings on the same samples and latencies share the same load.
+Under `accelerate launch`, samples are sharded by index across processes; the main process merges.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fastv import flops as F
+from fastv.eval.data import EvalSample
+from fastv.eval.metrics import sample_scores
+from fastv.eval.settings import Setting
+from fastv.eval.store import ResultStore
+from fastv.families import resolve
+from fastv.loading import build_inputs, to_model
+
+TOP_K = 5  # first generated token's top-k log-probs, kept for loyalty metrics (KL, top-1 agreement)
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Where this process sits in a data-parallel run (rank 0 of 1 without accelerate)."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    state: Any = None  # accelerate.PartialState when available
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.state is not None and self.world_size > 1:
+            self.state.wait_for_everyone()
+
+
+def dist_state(cpu: bool = False) -> Dist:
+    """accelerate's view of the launch (`accelerate launch` sets it up); single process otherwise."""
+    try:
+        from accelerate import PartialState
+    except ImportError:
+        return Dist()
+    state = PartialState(cpu=cpu)
+    return Dist(state.process_index, state.num_processes, state.device, state)
+
+
+def shard(samples: Sequence[EvalSample], rank: int, world_size: int) -> list[EvalSample]:
+    """Every world_size-th sample from `rank`: disjoint shards that cover all samples."""
+    return list(samples[rank::world_size])
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    stats: Any
+    seconds: float
+    first_ids: list[int]
+    first_logprobs: list[float]
+
+
+@torch.inference_mode()
+def generate(model: Any, processor: Any, inputs: dict[str, Any], pruner: Any, max_new_tokens: int) -> Generation:
+    """Greedy generation under `pruner` (None = full model), keeping the first token's top-k log-probs."""
+    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    with pruner.apply(model) if pruner is not None else contextlib.nullcontext() as handle:
+        out = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        stats = getattr(handle, "stats", None)
+    sync()
+    seconds = time.perf_counter() - start
+    new = out.sequences[0, inputs["input_ids"].shape[1] :].tolist()
+    tokenizer = getattr(processor, "tokenizer", processor)
+    text = tokenizer.decode(new, skip_special_tokens=True).strip()
+    logprobs = torch.log_softmax(out.logits[0][0].float(), dim=-1)
+    top = logprobs.topk(min(TOP_K, logprobs.shape[-1]))
+    return Generation(text, new, stats, seconds, top.indices.tolist(), [round(v, 5) for v in top.values.tolist()])
+
+
+class FlopsModel:
+    """Per-sample FLOPs from the measured per-layer sequence lengths (see `fastv.flops`)."""
+
+    def __init__(self, model: Any) -> None:
+        self.config = model.config
+        self.adapter = resolve(model)
+
+    def n_visual(self, input_ids: torch.Tensor) -> int:
+        ids = torch.tensor(self.adapter.visual_token_ids, device=input_ids.device)
+        return int(torch.isin(input_ids, ids).sum())
+
+    def vision(self, n_visual: int) -> int:
+        try:
+            v = F.vision_flops(self.config, n_visual=n_visual or None)
+        except Exception:  # unknown tower layouts count zero rather than break an eval
+            return 0
+        return int(v.tower + v.projector)
+
+    def prefill(self, layer_seq_lens: Sequence[int]) -> int:
+        return int(F.prefill_flops(self.config, layer_seq_lens))
+
+    def decode(self, layer_seq_lens: Sequence[int], new_tokens: int) -> int:
+        """Decode steps after the first token: each layer's cache holds its prefill length + tokens so far."""
+        return sum(
+            int(F.decode_step_flops(self.config, [n + t for n in layer_seq_lens]))
+            for t in range(max(new_tokens - 1, 0))
+        )
+
+
+def _record(
+    setting: Setting,
+    sample: EvalSample,
+    gen: Generation,
+    fm: FlopsModel,
+    prompt_len: int,
+    n_visual: int,
+    vision_flops: int,
+    rank: int,
+) -> dict[str, Any]:
+    stats = gen.stats
+    n_layers = fm.adapter.num_layers
+    lens = list(stats.layer_seq_lens) if stats is not None and stats.layer_seq_lens else [prompt_len] * n_layers
+    kept = sum(stats.num_kept) if stats is not None and stats.num_visual else n_visual
+    prefill_llm = fm.prefill(lens)
+    return {
+        "setting": setting.name,
+        "params": setting.params,
+        "sample_id": sample.id,
+        "kind": sample.kind,
+        "question": sample.question,
+        "answers": sample.answers,
+        "choices": sample.choices,
+        "scoring": sample.scoring,
+        "prediction": gen.text,
+        "token_ids": gen.token_ids,
+        "scores": sample_scores(gen.text, sample.answers, sample.choices),
+        "first_token": {"ids": gen.first_ids, "logprobs": gen.first_logprobs},
+        "prompt_len": prompt_len,
+        "n_visual": n_visual,
+        "n_kept": kept,
+        "layer_seq_lens": lens,
+        "flops_prefill_llm": prefill_llm,
+        "flops_prefill": prefill_llm + vision_flops,
+        "flops_decode": fm.decode(lens, len(gen.token_ids)),
+        "seconds": round(gen.seconds, 5),
+        "new_tokens": len(gen.token_ids),
+        "rank": rank,
+    }
+
+
+def run_settings(
+    model: Any,
+    processor: Any,
+    samples: Sequence[EvalSample],
+    settings: Sequence[Setting],
+    store: ResultStore,
+    max_new_tokens: int = 16,
+    dist: Dist | None = None,
+    progress: bool = True,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+) -> int:
+    """Run this process' shard; skip pairs already on disk. Returns how many pairs it ran."""
+    dist = dist or Dist()
+    for setting in settings:  # refuse a bad setting (k past the last layer, unsupported model) before any work
+        pruner = setting.make()
+        if pruner is not None:
+            pruner.apply(model).remove()
+    mine = shard(samples, dist.rank, dist.world_size)
+    done = store.done()
+    todo = [(s, [st for st in settings if (st.name, s.id) not in done]) for s in mine]
+    todo = [(s, sts) for s, sts in todo if sts]
+    total = sum(len(sts) for _, sts in todo)
+    fm = FlopsModel(model)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        skipped = len(mine) * len(settings) - total
+        desc = f"eval rank {dist.rank}" if dist.world_size > 1 else "eval"
+        bar = tqdm(total=len(mine) * len(settings), initial=skipped, desc=desc, unit="run", position=dist.rank)
+    ran = 0
+    if todo:  # one unrecorded run first, so the first latency does not pay for lazy initialisation
+        sample = todo[0][0]
+        inputs = to_model(build_inputs(processor, sample.load_images(), sample.prompt, video=sample.video), model)
+        generate(model, processor, inputs, None, 1)
+    try:
+        for sample, pending in todo:
+            inputs = to_model(build_inputs(processor, sample.load_images(), sample.prompt, video=sample.video), model)
+            prompt_len = int(inputs["input_ids"].shape[1])
+            n_visual = fm.n_visual(inputs["input_ids"])
+            vision = fm.vision(n_visual)
+            for setting in pending:
+                gen = generate(model, processor, inputs, setting.make(), max_new_tokens)
+                record = _record(setting, sample, gen, fm, prompt_len, n_visual, vision, dist.rank)
+                store.append(record)
+                ran += 1
+                if bar is not None:
+                    bar.update(1)
+                if on_record is not None:
+                    on_record(record)
+    finally:
+        if bar is not None:
+            bar.close()
+    return ran
