@@ -2,18 +2,96 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+
 from fastv.errors import FastVError
 from fastv.methods.base import Method, Stage, StageContext
+from fastv.methods.divprune import DivPrune
 from fastv.methods.fastv import FastV, FastVMean
+from fastv.methods.pdrop import PDrop
+from fastv.methods.pool import Pool
+from fastv.methods.random_uniform import RandomPrune, Uniform
+from fastv.methods.visionzip import VisionZip
 
-METHODS: dict[str, type[Method]] = {"fastv": FastV, "fastv_mean": FastVMean}
+METHODS: dict[str, type[Method]] = {
+    "fastv": FastV,
+    "fastv_mean": FastVMean,
+    "random": RandomPrune,
+    "uniform": Uniform,
+    "pool": Pool,
+    "pdrop": PDrop,
+    "visionzip": VisionZip,
+    "divprune": DivPrune,
+}
+
+ANY = "every supported family"
+GRID = "LLaVA-1.5, Video-LLaVA images (square grid)"
+
+
+@dataclass(frozen=True)
+class About:
+    """What `fastv methods` lists for one method."""
+
+    paper: str
+    where: str
+    budget: str
+    families: str
+
+
+ABOUT: dict[str, About] = {
+    "fastv": About("FastV, arXiv 2403.06764", "layer k (default 2)", "per sample, one cut", ANY),
+    "fastv_mean": About("FastV (Sec. 4 text), arXiv 2403.06764", "layer k (default 2)", "per sample, one cut", ANY),
+    "random": About(
+        "baseline (EffiVLM-Bench, UniPruneBench)",
+        "layer k (default 0: before the LM)",
+        "per image",
+        f"{ANY} (Qwen3-VL: k >= deepstack depth)",
+    ),
+    "uniform": About("baseline: even grid subset", "layer k (default 0)", "per image, rows x cols", GRID),
+    "pool": About("baseline: average pooling (VTC-Bench)", "before the LM", "per image, rows x cols", GRID),
+    "pdrop": About(
+        "PDrop, arXiv 2410.17247",
+        "layers L/4, L/2, 3L/4",
+        "per image, mean per layer",
+        f"{ANY} but Gemma3 (several cuts)",
+    ),
+    "visionzip": About("VisionZip, arXiv 2412.04467", "vision tower + before the LM", "per image", "LLaVA-1.5"),
+    "divprune": About("DivPrune, arXiv 2503.02175", "before the LM", "per image", f"{ANY} but Qwen3-VL (deepstack)"),
+}
 
 
 def make(name: str, **settings) -> Method:
-    """A method by name, e.g. make("fastv", k=2, keep=192)."""
+    """A method by name, e.g. make("fastv", k=2, keep=192) or make("pool", keep=144).
+
+    Settings given as None count as not given. A setting the method does not have (e.g. k for
+    pool, which always cuts before the language model) is refused with the method's own settings.
+    """
     if name not in METHODS:
         raise FastVError(f"unknown method {name!r}: choose one of {', '.join(METHODS)}")
-    return METHODS[name](**settings)
+    cls = METHODS[name]
+    known = {f.name for f in fields(cls)}
+    given = {key: value for key, value in settings.items() if value is not None}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise FastVError(
+            f"method {name!r} has no setting {', '.join(unknown)}; its settings: {', '.join(sorted(known))}"
+        )
+    return cls(**given)
 
 
-__all__ = ["METHODS", "FastV", "FastVMean", "Method", "Stage", "StageContext", "make"]
+__all__ = [
+    "ABOUT",
+    "METHODS",
+    "DivPrune",
+    "FastV",
+    "FastVMean",
+    "Method",
+    "PDrop",
+    "Pool",
+    "RandomPrune",
+    "Stage",
+    "StageContext",
+    "Uniform",
+    "VisionZip",
+    "make",
+]

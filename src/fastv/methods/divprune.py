@@ -1,0 +1,64 @@
+"""DivPrune (Alvar et al., CVPR 2025, arXiv 2503.02175): keep a maximally diverse subset.
+
+Pruning by importance keeps many near-duplicate tokens; DivPrune instead solves a max-min
+diversity problem on the visual features, greedily: start from the token whose nearest neighbour
+is farthest, then repeatedly add the token whose distance to the kept set (its nearest kept
+token) is largest. Distance is cosine distance, 1 - cos(x_i, x_j), on the projected visual
+features entering the language model (layer 0 hidden states). Text-agnostic and before the
+language model, so it also shrinks layer 0's cost and the whole KV cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fastv.families import Adapter
+from fastv.methods.base import Method, Stage, StageContext
+from fastv.methods.grid import ImageRun
+from fastv.methods.per_image import Choice, PerImageStage
+
+
+def max_min_diverse(features: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices (in pick order) of a greedy max-min-diverse subset of k rows, by cosine distance."""
+    n = features.shape[0]
+    if k == 0:
+        return torch.zeros(0, dtype=torch.long)
+    x = torch.nn.functional.normalize(features.float(), dim=-1)
+    dist = 1.0 - x @ x.T
+    if n == 1:
+        return torch.zeros(1, dtype=torch.long)
+    nearest = dist.masked_fill(torch.eye(n, dtype=torch.bool, device=dist.device), float("inf")).min(1).values
+    picked = [int(nearest.argmax())]
+    to_set = dist[picked[0]].clone()
+    taken = torch.zeros(n, dtype=torch.bool, device=dist.device)
+    taken[picked[0]] = True
+    for _ in range(k - 1):
+        nxt = int(to_set.masked_fill(taken, float("-inf")).argmax())
+        picked.append(nxt)
+        taken[nxt] = True
+        to_set = torch.minimum(to_set, dist[nxt])
+    return torch.tensor(picked)
+
+
+@dataclass(kw_only=True)
+class DivPrune(Method):
+    """Keep `keep` visual tokens per image that are maximally diverse (max-min cosine distance).
+
+    Runs before the language model (a stage at layer 0); any family (an image = a run of visual
+    tokens, see `fastv.methods.grid`).
+    """
+
+    name = "divprune"
+
+    def stages(self, adapter: Adapter) -> list[Stage]:
+        return [PerImageStage(self.name, self.choose).stage(0)]
+
+    def choose(self, ctx: StageContext, run: ImageRun, alive: torch.Tensor) -> Choice:
+        k = self.keep_count(run.size)
+        if k > alive.numel():
+            return Choice(alive.new_zeros(k))  # refused with the image's counts by the caller
+        rel = torch.searchsorted(ctx.rows[run.sample].contiguous(), alive.contiguous())
+        picked = max_min_diverse(ctx.hidden[run.sample, rel], k).to(alive.device)
+        return Choice(alive[picked].sort().values)
