@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from tiny_families import BUILDERS
 from tiny_llava import IMAGE_TOKEN, batch, prompt, tiny_llava
 
+import fastv
 from fastv import FastVError, FastVMean, Method
 from fastv.methods.base import Stage
 from fastv.methods.fastv import last_token_attention
@@ -72,3 +74,27 @@ def test_two_cuts_at_one_layer_refused():
 
     with pytest.raises(FastVError, match="two cuts at one layer"):
         Same().apply(tiny_llava())
+
+
+@pytest.mark.parametrize("family", sorted(BUILDERS))
+def test_two_stage_drop_equals_mask_every_family(family):
+    """Two cuts on every family, incl. Gemma3, whose sliding-window decode mask is sized by a cut layer."""
+    model, inputs = BUILDERS[family]("sdpa")
+    adapter = fastv.resolve(model)
+    first = max(1, adapter.min_k)
+    if first + 1 >= adapter.num_layers:
+        pytest.skip(f"{family}'s tiny model has too few layers for two cuts after layer {first}")
+
+    @dataclass(kw_only=True)
+    class Cuts(Method):
+        def stages(self, adapter):
+            half = lambda n: n - n // 2  # noqa: E731
+            return [
+                Stage(first, half, last_token_attention, "last"),
+                Stage(first + 1, half, last_token_attention, "last"),
+            ]
+
+    ld, sd, lens, _ = _run(model, Cuts(), inputs)
+    lm, sm, _, _ = _run(model, Cuts(mode="mask"), inputs)
+    assert (ld - lm).abs().max() < 1e-4 and torch.equal(sd, sm)
+    assert lens[first - 1] > lens[first] > lens[first + 1]

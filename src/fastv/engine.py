@@ -365,7 +365,9 @@ class PruneHandle:
                     "filled by this prefill; start generation from the prompt again"
                 )
         kwargs["attention_mask"] = self._memoized(
-            n, kwargs.get("attention_mask"), lambda m: _decode_mask(m, sel, call.prompt_len, full_total, q_len)
+            n,
+            kwargs.get("attention_mask"),
+            lambda m: _decode_mask(m, self._done, n, call.prompt_len, full_total, q_len),
         )
         return args, kwargs
 
@@ -386,19 +388,30 @@ def _prefill_mask(mask: torch.Tensor | None, sel: Selection) -> torch.Tensor | N
     return out
 
 
-def _decode_mask(mask, sel: Selection, prompt_len: int, full_total: int, q_len: int):
-    """Key columns of a decode-step mask for layers that cache only the kept tokens."""
+def _decode_mask(mask, done: list[Selection], n: int, prompt_len: int, full_total: int, q_len: int):
+    """Key columns of a decode-step mask for layers that cache only stage n's kept tokens.
+
+    transformers sizes a mask from one layer's cache (the first layer of that attention type), so
+    it may come in the full geometry or in any stage's shortened one; map its columns to stage n's.
+    """
+    sel = done[n]
     b, kept = sel.index.shape
-    pruned_total = kept + full_total - prompt_len
-    width = None if mask is None else mask.shape[-1]
-    if width == full_total and full_total != pruned_total:
-        tail = torch.arange(prompt_len, full_total, device=sel.index.device).expand(b, -1)
-        mask = masks.select_columns(mask, torch.cat([sel.index, tail], dim=1))
-    elif width is not None and width != pruned_total:
-        raise FastVError(f"attention mask has {width} key columns; expected {full_total} or {pruned_total}")
+    new = full_total - prompt_len
+    if mask is not None and mask.shape[-1] != kept + new:
+        width = mask.shape[-1]
+        tail = torch.arange(new, device=sel.index.device).expand(b, -1)
+        if width == full_total:
+            cols = torch.cat([sel.index, tail + prompt_len], dim=1)
+        else:
+            src = next((d for d in done[:n] if d.index.shape[1] + new == width), None)
+            if src is None:
+                raise FastVError(f"attention mask has {width} key columns; expected {full_total} or {kept + new}")
+            rel = torch.searchsorted(src.index.contiguous(), sel.index.contiguous())
+            cols = torch.cat([rel, tail + src.index.shape[1]], dim=1)
+        mask = masks.select_columns(mask, cols)
     if sel.valid is None:
         return mask
-    ones = torch.ones(b, pruned_total - kept, dtype=torch.bool, device=sel.index.device)
+    ones = torch.ones(b, new, dtype=torch.bool, device=sel.index.device)
     return masks.restrict_columns(mask, torch.cat([sel.valid, ones], dim=1), q_len, _dtype(mask))
 
 

@@ -26,7 +26,7 @@ from itertools import product
 
 import torch
 
-from fastv.errors import FastVError, UnsupportedModelError
+from fastv.errors import FastVError
 from fastv.families import Adapter
 from fastv.methods.base import Method, Stage, StageContext
 from fastv.methods.fastv import last_token_attention
@@ -84,8 +84,7 @@ class PDrop(Method):
     """Pyramid dropping at `layers` (default L/4, L/2, 3L/4), ranked by the last token's attention.
 
     keep/ratio: average visual tokens per layer, per image (see the module doc for the schedule).
-    Any family (an image = a run of visual tokens, see `fastv.methods.grid`) except Gemma3 with several
-    cuts (refused: an engine limitation in decoding); drop and mask modes.
+    Any family (an image = a run of visual tokens, see `fastv.methods.grid`); drop and mask modes.
     """
 
     layers: tuple[int, ...] | None = None
@@ -112,11 +111,6 @@ class PDrop(Method):
 
     def stages(self, adapter: Adapter) -> list[Stage]:
         cuts, num_layers = self.cuts(adapter.num_layers), adapter.num_layers
-        if len(cuts) > 1 and adapter.model.config.model_type == "gemma3":
-            raise UnsupportedModelError(
-                "pdrop with several cuts does not support Gemma3 yet: its sliding-window layers get decode masks "
-                "sized by a layer cut at an earlier stage, which the engine does not map; use one cut (layers=(k,))"
-            )
         for size, _ in fixed_sizes(adapter).values():  # refuse impossible budgets up front where we can
             self.schedule(size, num_layers)
 
