@@ -49,12 +49,7 @@ ABOUT: dict[str, About] = {
     ),
     "uniform": About("baseline: even grid subset", "layer k (default 0)", "per image, rows x cols", GRID),
     "pool": About("baseline: average pooling (VTC-Bench)", "before the LM", "per image, rows x cols", GRID),
-    "pdrop": About(
-        "PDrop, arXiv 2410.17247",
-        "layers L/4, L/2, 3L/4",
-        "per image, mean per layer",
-        f"{ANY} but Gemma3 (several cuts)",
-    ),
+    "pdrop": About("PDrop, arXiv 2410.17247", "layers L/4, L/2, 3L/4", "per image, mean per layer", ANY),
     "visionzip": About("VisionZip, arXiv 2412.04467", "vision tower + before the LM", "per image", "LLaVA-1.5"),
     "divprune": About("DivPrune, arXiv 2503.02175", "before the LM", "per image", f"{ANY} but Qwen3-VL (deepstack)"),
 }
