@@ -55,9 +55,17 @@ def _run(tiny, out: Path, **kw):
 def _predictions(out: Path) -> list[dict]:
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     for r in rows:  # measured, not computed: differs run to run
-        del r["seconds"], r["rank"]
+        del r["seconds"], r["prefill_seconds"], r["rank"]
         r["first_token"]["logprobs"] = [round(v, 3) for v in r["first_token"]["logprobs"]]
     return rows
+
+
+def _assert_same(a: list[dict], b: list[dict]) -> None:
+    """Equal records or summary rows; KL, computed from float logits like the log-probs, to 1e-5 nats."""
+    a, b = [dict(r) for r in a], [dict(r) for r in b]
+    kl_a, kl_b = [r.pop("kl_first_token", None) for r in a], [r.pop("kl_first_token", None) for r in b]
+    assert a == b
+    assert kl_a == pytest.approx(kl_b, abs=1e-5)
 
 
 class Interrupt(Exception):
@@ -133,8 +141,8 @@ def test_two_processes_equal_one(tiny, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     shards = {p.name: len(p.read_text().splitlines()) for p in (two / "shards").glob("*.jsonl")}
     assert shards == {"rank0.jsonl": 10, "rank1.jsonl": 10}  # 2 samples x 5 settings each
-    assert _predictions(two) == _predictions(one)  # merged once each, same order, same answers
+    _assert_same(_predictions(two), _predictions(one))  # merged once each, same order, same answers
     s1 = json.loads((one / "summary.json").read_text())
     s2 = json.loads((two / "summary.json").read_text())
-    assert without_latency(s2) == without_latency(s1)
+    _assert_same(without_latency(s2), without_latency(s1))
     assert (two / "pareto.png").stat().st_size > 0

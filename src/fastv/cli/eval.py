@@ -1,4 +1,4 @@
-"""`fastv eval`: accuracy, FLOPs and latency of the full model and a grid of FastV settings.
+"""`fastv eval`: accuracy, FLOPs, prefill time and loyalty of the full model and a grid of methods x budgets.
 
 Works the same under `accelerate launch -m fastv eval ...` (data-parallel; the main process merges).
 """
@@ -14,6 +14,8 @@ from rich.table import Table
 from fastv.cli import app
 from fastv.errors import FastVError
 
+DEFAULT_RATIOS = (0.0, 0.25, 0.5, 0.75, 0.9)
+
 
 @app.command("eval")
 def eval_cmd(
@@ -21,11 +23,26 @@ def eval_cmd(
     data: str = typer.Option(
         "shapes", help="'shapes[:SPLIT[:N[:KINDS]]]' (built-in), a .jsonl file, parquet, or a save_to_disk folder."
     ),
-    k: str = typer.Option("1,2,3", "--k", help="Comma-separated pruning layers K."),
-    ratio: str = typer.Option(
-        "0,0.25,0.5,0.75,0.9", "--ratio", help="Comma-separated shares R of visual tokens dropped."
+    method: str = typer.Option(
+        "fastv", "--method", help="Comma-separated methods (see `fastv methods`), e.g. fastv,pdrop,visionzip,pool."
     ),
-    scorer: str = typer.Option("last_token", help="Comma-separated scorers: last_token (FastV), random."),
+    keep: str | None = typer.Option(
+        None,
+        "--keep",
+        help="Comma-separated budgets: visual tokens kept per image (fastv: per sample; pdrop: mean per layer).",
+    ),
+    ratio: str | None = typer.Option(
+        None,
+        "--ratio",
+        help="Comma-separated shares R of visual tokens dropped (default 0,0.25,0.5,0.75,0.9 when --keep is not given).",
+    ),
+    k: str | None = typer.Option(
+        None,
+        "--k",
+        help="Comma-separated layers K for methods that have one (fastv, fastv_mean: default 1,2,3; "
+        "random, uniform: default 0); ignored by the others.",
+    ),
+    scorer: str = typer.Option("last_token", help="Comma-separated FastV scorers: last_token (FastV), random."),
     mode: str = typer.Option("drop", help="drop (the speed-up) or mask (the paper's reference mode)."),
     out: Path = typer.Option(Path("fastv-eval"), help="Output folder; rerunning with the same folder resumes."),
     split: str | None = typer.Option(None, help="Split of a save_to_disk DatasetDict (default: test, validation...)."),
@@ -37,17 +54,24 @@ def eval_cmd(
     cpu: bool = typer.Option(False, "--cpu", help="Stay on CPU even where a GPU is visible."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
-    """Run the full model and every (scorer, K, R) on the same samples; write predictions.jsonl,
+    """Run the full model and every (method, budget, K, scorer) on the same samples; write predictions.jsonl,
     summary.{md,csv,json} and pareto.png to --out. Interrupted runs resume where they stopped."""
     from fastv.eval.pipeline import EvalConfig, evaluate
     from fastv.eval.report import table_cells
-    from fastv.eval.settings import fastv_grid, parse_list
+    from fastv.eval.settings import method_grid, parse_list
 
     console = Console()
     console.width = max(console.width, 150)  # the table is wide; let it wrap rather than squeeze cells
     try:
-        settings = fastv_grid(
-            parse_list(k, int, "k"), parse_list(ratio, float, "ratio"), parse_list(scorer, str, "scorer"), mode
+        keeps = parse_list(keep, int, "keep") if keep is not None else []
+        ratios = parse_list(ratio, float, "ratio") if ratio is not None else [] if keeps else list(DEFAULT_RATIOS)
+        settings = method_grid(
+            parse_list(method, str, "method"),
+            keeps,
+            ratios,
+            parse_list(k, int, "k") if k is not None else None,
+            parse_list(scorer, str, "scorer"),
+            mode,
         )
         cfg = EvalConfig(model, data, out, split, limit, max_new_tokens, dtype, attn, fresh, progress, cpu)
         result = evaluate(cfg, settings)

@@ -1,37 +1,62 @@
 """From merged predictions to the numbers a user reads: a per-setting summary, tables, a Pareto plot.
 
 Pure functions of the records on disk, so a resumed run and an uninterrupted one summarise alike
-(latency aside, which is measured, not computed).
+(latency aside, which is measured, not computed). The table is the one the token-reduction papers
+print: accuracy per task (sample kind), their average, retention (% of the full model's score),
+then cost (prefill FLOPs, time to first token) and loyalty (same answer as the full model, same
+first token, KL of the first token's distribution).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fastv.eval.metrics import cider
-from fastv.eval.settings import FULL
+from fastv.eval.metrics import cider, normalize_text
+from fastv.eval.settings import FULL, budget_text
 
-LATENCY_FIELDS = ("latency_s", "latency_vs_full")
+LATENCY_FIELDS = ("latency_s", "latency_vs_full", "prefill_s", "prefill_vs_full")
 
 
 def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _median(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def retention(per_kind: dict[str, float | None], full_per_kind: dict[str, float | None]) -> float | None:
+    """Mean over tasks of score / full model's score (the papers' "relative" average), tasks where
+    the full model scored 0 left out (no share of nothing); None when no task is left."""
+    ratios = [v / full_per_kind[k] for k, v in per_kind.items() if v is not None and full_per_kind.get(k)]
+    return _mean(ratios)
+
+
+def same_answer(prediction: str, reference: str) -> bool:
+    """Answer agreement, normalised like exact match (case, spaces, surrounding punctuation)."""
+    return normalize_text(prediction) == normalize_text(reference)
+
+
+def _top1(record: dict[str, Any], full: dict[str, Any]) -> bool:
+    if "top1_agree" in record:
+        return bool(record["top1_agree"])
+    return record["first_token"]["ids"][0] == full["first_token"]["ids"][0]  # records from older runs
+
+
 def summarize(records: Sequence[dict[str, Any]], settings: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per setting: accuracy (each sample's own metric), exact/VQA/choice/CIDEr, FLOPs, latency,
-    tokens kept, and agreement with the full model (same answer; same first token)."""
+    """One row per setting: accuracy per task and on average, retention, exact/VQA/choice/CIDEr, FLOPs,
+    prefill time and latency, tokens kept, and loyalty to the full model (same answer, same first
+    token, mean KL of the first token's distribution)."""
     by_setting: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         by_setting[r["setting"]].append(r)
     full = {r["sample_id"]: r for r in by_setting.get(FULL, [])}
-    full_flops = _mean([r["flops_prefill"] for r in full.values()])
-    full_latency = _mean([r["seconds"] for r in full.values()])
     rows = []
     for name in settings:
         rs = by_setting.get(name, [])
@@ -39,7 +64,8 @@ def summarize(records: Sequence[dict[str, Any]], settings: Sequence[str]) -> lis
             continue
         scored = [r for r in rs if r["scoring"] != "cider"]
         captions = [r for r in rs if r["scoring"] == "cider"]
-        row: dict[str, Any] = {"setting": name, **rs[0]["params"], "n": len(rs)}
+        params = rs[0]["params"]
+        row: dict[str, Any] = {"setting": name, **params, "budget": budget_text(params) or "all", "n": len(rs)}
         row["accuracy"] = _mean([r["scores"][r["scoring"]] for r in scored])
         row["exact"] = _mean([r["scores"]["exact"] for r in rs])
         row["vqa"] = _mean([r["scores"]["vqa"] for r in rs])
@@ -56,19 +82,35 @@ def summarize(records: Sequence[dict[str, Any]], settings: Sequence[str]) -> lis
         for r in scored:
             kinds[r["kind"] or "all"].append(r["scores"][r["scoring"]])
         row["per_kind"] = {k: _mean(v) for k, v in sorted(kinds.items())}
+        row["average"] = _mean(list(row["per_kind"].values()))  # macro: each task counts once
         row["visual_kept"] = sum(r["n_kept"] for r in rs) / max(sum(r["n_visual"] for r in rs), 1)
         row["flops_prefill"] = _mean([r["flops_prefill"] for r in rs])
         row["flops_prefill_llm"] = _mean([r["flops_prefill_llm"] for r in rs])
         row["flops_decode"] = _mean([r["flops_decode"] for r in rs])
-        row["flops_vs_full"] = row["flops_prefill"] / full_flops if full_flops else None
         row["latency_s"] = _mean([r["seconds"] for r in rs])
-        row["latency_vs_full"] = row["latency_s"] / full_latency if full_latency else None
+        row["prefill_s"] = _median([r["prefill_seconds"] for r in rs if "prefill_seconds" in r])
         paired = [(r, full[r["sample_id"]]) for r in rs if r["sample_id"] in full]
-        row["agree_answer"] = _mean([float(r["prediction"] == f["prediction"]) for r, f in paired])
-        row["agree_first_token"] = _mean(
-            [float(r["first_token"]["ids"][0] == f["first_token"]["ids"][0]) for r, f in paired]
-        )
+        row["agree_answer"] = _mean([float(same_answer(r["prediction"], f["prediction"])) for r, f in paired])
+        row["agree_first_token"] = _mean([float(_top1(r, f)) for r, f in paired])
+        row["kl_first_token"] = _mean([r["kl_first_token"] for r in rs if "kl_first_token" in r])
         rows.append(row)
+    ref = next((r for r in rows if r["setting"] == FULL), None)
+    for row in rows:  # ratios to the full model, once its row exists
+        row["retention"] = None
+        row["flops_vs_full"] = row["latency_vs_full"] = row["prefill_vs_full"] = None
+        if ref is None:
+            continue
+        if row["per_kind"]:
+            row["retention"] = retention(row["per_kind"], ref["per_kind"])
+        elif row["cider"] is not None and ref["cider"]:
+            row["retention"] = row["cider"] / ref["cider"]
+        for key, base in (
+            ("flops_vs_full", "flops_prefill"),
+            ("latency_vs_full", "latency_s"),
+            ("prefill_vs_full", "prefill_s"),
+        ):
+            if row[base] is not None and ref[base]:
+                row[key] = row[base] / ref[base]
     return rows
 
 
@@ -94,29 +136,43 @@ def flops_text(value: float | None) -> str:
 TABLE_COLUMNS = (
     ("setting", "setting"),
     ("n", "n"),
-    ("accuracy", "accuracy"),
-    ("exact", "exact"),
-    ("vqa", "VQA"),
-    ("choice", "choice"),
+    ("average", "avg"),
+    ("retention", "retention"),
     ("cider", "CIDEr"),
     ("visual_kept", "visual kept"),
     ("flops_prefill", "prefill FLOPs"),
     ("flops_vs_full", "FLOPs vs full"),
-    ("latency_s", "latency s"),
-    ("agree_answer", "same answer as full"),
+    ("prefill_s", "prefill s"),
+    ("agree_answer", "same answer"),
+    ("agree_first_token", "top-1 agree"),
+    ("kl_first_token", "KL"),
 )
-_PCT = {"accuracy", "exact", "vqa", "choice", "visual_kept", "flops_vs_full", "agree_answer"}
+_PCT = {"average", "retention", "visual_kept", "flops_vs_full", "agree_answer", "agree_first_token", "per_kind"}
+
+
+def kinds_of(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Task columns: the sample kinds, unless the data has none (then `avg` says it all)."""
+    kinds = list(dict.fromkeys(k for r in rows for k in r.get("per_kind", {})))
+    return [] if kinds == ["all"] else kinds
 
 
 def table_cells(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Header and cells, dropping metric columns no sample used (e.g. choice on open questions)."""
+    """Header and cells: setting, n, one column per task, then the TABLE_COLUMNS that any row has."""
+    kinds = kinds_of(rows)
     cols = [(k, h) for k, h in TABLE_COLUMNS if any(r.get(k) is not None for r in rows)]
+    cols[2:2] = [(("per_kind", kind), kind) for kind in kinds]  # after setting, n
     cells = []
     for r in rows:
         line = []
         for k, _ in cols:
-            v = r.get(k)
-            line.append(flops_text(v) if k == "flops_prefill" else _fmt(v, k in _PCT))
+            if isinstance(k, tuple):
+                line.append(_fmt(r.get("per_kind", {}).get(k[1]), True))
+            elif k == "flops_prefill":
+                line.append(flops_text(r.get(k)))
+            elif k == "kl_first_token" and r.get(k) is not None:
+                line.append(f"{r[k]:.4f}")
+            else:
+                line.append(_fmt(r.get(k), k in _PCT))
         cells.append(line)
     return [h for _, h in cols], cells
 
@@ -133,7 +189,13 @@ def write_summary(rows: Sequence[dict[str, Any]], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "summary.json", out / "summary.csv", out / "summary.md"]
     paths[0].write_text(json.dumps(list(rows), indent=2) + "\n")
-    flat = [{k: v for k, v in r.items() if not isinstance(v, dict)} for r in rows]
+    flat = [
+        {
+            **{k: v for k, v in r.items() if not isinstance(v, dict)},
+            **{f"acc_{kind}": v for kind, v in r.get("per_kind", {}).items()},
+        }
+        for r in rows
+    ]
     fields = list(dict.fromkeys(k for r in flat for k in r))
     with paths[1].open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
@@ -154,52 +216,78 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
+def curve_of(row: dict[str, Any]) -> str:
+    """The curve a row belongs to: its method, with K, scorer and mode when the method has them."""
+    label = row.get("method", row["setting"])
+    if "k" in row:
+        label += f" K={row['k']}"
+    if row.get("scorer", "last_token") != "last_token":
+        label += f" {row['scorer']}"
+    if row.get("mode", "drop") != "drop":
+        label += f" {row['mode']}"
+    return label
+
+
 def pareto_plot(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path | None:
-    """Accuracy (or CIDEr) against prefill FLOPs: the full model, each (K, R) point, the frontier."""
+    """Average accuracy (or CIDEr) against prefill FLOPs: one curve per method (per K for FastV-like
+    methods) through its budgets, the full model as a star, and the frontier of all points."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metric = "accuracy" if any(r.get("accuracy") is not None for r in rows) else "cider"
+    metric = "average" if any(r.get("average") is not None for r in rows) else "cider"
     rows = [r for r in rows if r.get(metric) is not None and r.get("flops_prefill")]
     if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ks = sorted({r["k"] for r in rows if "k" in r})
-    cmap = plt.get_cmap("viridis", max(len(ks), 1))
-    markers = {"last_token": "o", "random": "x"}
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
     top = max(r["flops_prefill"] for r in rows)
     scale, unit = 1.0, ""
     for s, u in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
         if top >= s:
             scale, unit = s, u
             break
+    curves: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        x, y = r["flops_prefill"] / scale, r[metric]
         if r["setting"] == FULL:
-            ax.scatter([x], [y], marker="*", s=220, color="crimson", zorder=4, label="full model")
+            x, y = r["flops_prefill"] / scale, r[metric]
+            ax.scatter([x], [y], marker="*", s=260, color="crimson", zorder=5, label="full model")
             continue
-        color = cmap(ks.index(r["k"])) if "k" in r else "gray"
-        ax.scatter([x], [y], marker=markers.get(r.get("scorer", ""), "s"), color=color, zorder=3)
-        if "ratio" in r:
-            ax.annotate(f"R={r['ratio']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        curves[curve_of(r)].append(r)
+    cmap = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20")
+    markers = "osD^vP<>Xh"
+    labelled: set[tuple[float, float, str]] = set()
+    for i, (label, members) in enumerate(curves.items()):
+        members = sorted(members, key=lambda r: r["flops_prefill"])
+        xs = [r["flops_prefill"] / scale for r in members]
+        ys = [r[metric] for r in members]
+        ax.plot(xs, ys, marker=markers[i % len(markers)], color=cmap(i % cmap.N), lw=1.4, ms=5, zorder=3, label=label)
+        for r, x, y in zip(members, xs, ys, strict=True):
+            if (x, y, r["budget"]) not in labelled:  # one label where curves share a point
+                labelled.add((x, y, r["budget"]))
+                ax.annotate(r["budget"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=6, alpha=0.8)
     pts = [(r["flops_prefill"] / scale, r[metric]) for r in rows]
     front = [pts[i] for i in pareto_front(pts)]
     ax.step(
-        [p[0] for p in front], [p[1] for p in front], where="post", color="black", lw=1, alpha=0.6, label="Pareto front"
+        [p[0] for p in front],
+        [p[1] for p in front],
+        where="post",
+        color="black",
+        lw=0.8,
+        alpha=0.35,
+        ls="--",
+        label="Pareto front",
     )
-    for i, k in enumerate(ks):
-        ax.scatter([], [], color=cmap(i), label=f"K={k}")
-    for scorer, m in markers.items():
-        if any(r.get("scorer") == scorer for r in rows):
-            ax.scatter([], [], color="gray", marker=m, label=scorer)
     ax.set_xlabel(f"prefill {unit}FLOPs per sample (vision + LLM)")
-    ax.set_ylabel(metric)
+    if metric == "average":
+        from matplotlib.ticker import PercentFormatter
+
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_ylabel("average accuracy over tasks" if metric == "average" else "CIDEr")
     ax.set_title(title or f"{metric} vs FLOPs")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path

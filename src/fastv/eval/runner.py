@@ -3,6 +3,11 @@
 Sample-major order: a sample's inputs are built once and every setting runs on them back to back,
 so partial runs already compare settings on the same samples and latencies share the same load.
 Under `accelerate launch`, samples are sharded by index across processes; the main process merges.
+
+Each pair runs twice under its pruner: a one-token generation, timed as the prefill (time to first
+token) and kept for its whole first-token distribution, then the answer's full generation. The
+full model's first-token log-probs stay in memory while the sample's settings run (recomputed when
+the full model's record comes from an earlier run), so every record gets its exact KL from them.
 """
 
 from __future__ import annotations
@@ -16,14 +21,16 @@ from typing import Any
 import torch
 
 from fastv import flops as F
+from fastv.errors import FastVError
 from fastv.eval.data import EvalSample
+from fastv.eval.loyalty import loyalty
 from fastv.eval.metrics import sample_scores
 from fastv.eval.settings import Setting
 from fastv.eval.store import ResultStore
 from fastv.families import resolve
 from fastv.loading import build_inputs, to_model
 
-TOP_K = 5  # first generated token's top-k log-probs, kept for loyalty metrics (KL, top-1 agreement)
+TOP_K = 5  # first-token top-k log-probs kept on disk for inspection (the exact KL is computed in memory)
 
 
 @dataclass(frozen=True)
@@ -67,11 +74,15 @@ class Generation:
     seconds: float
     first_ids: list[int]
     first_logprobs: list[float]
+    logprobs: torch.Tensor  # (vocab,) the first generated token's log-probs, float32 on CPU
 
 
 @torch.inference_mode()
 def generate(model: Any, processor: Any, inputs: dict[str, Any], pruner: Any, max_new_tokens: int) -> Generation:
-    """Greedy generation under `pruner` (None = full model), keeping the first token's top-k log-probs."""
+    """Greedy generation under `pruner` (None = full model), keeping the first token's log-probs.
+
+    With max_new_tokens=1 its `seconds` is the time to first token: vision tower, prefill, one pick.
+    """
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
     sync()
     start = time.perf_counter()
@@ -89,9 +100,10 @@ def generate(model: Any, processor: Any, inputs: dict[str, Any], pruner: Any, ma
     new = out.sequences[0, inputs["input_ids"].shape[1] :].tolist()
     tokenizer = getattr(processor, "tokenizer", processor)
     text = tokenizer.decode(new, skip_special_tokens=True).strip()
-    logprobs = torch.log_softmax(out.logits[0][0].float(), dim=-1)
+    logprobs = torch.log_softmax(out.logits[0][0].float(), dim=-1).cpu()
     top = logprobs.topk(min(TOP_K, logprobs.shape[-1]))
-    return Generation(text, new, stats, seconds, top.indices.tolist(), [round(v, 5) for v in top.values.tolist()])
+    first_ids, first_logprobs = top.indices.tolist(), [round(v, 5) for v in top.values.tolist()]
+    return Generation(text, new, stats, seconds, first_ids, first_logprobs, logprobs)
 
 
 class FlopsModel:
@@ -127,6 +139,8 @@ def _record(
     setting: Setting,
     sample: EvalSample,
     gen: Generation,
+    first: Generation,
+    reference: torch.Tensor,
     fm: FlopsModel,
     prompt_len: int,
     n_visual: int,
@@ -159,6 +173,8 @@ def _record(
         "flops_prefill": prefill_llm + vision_flops,
         "flops_decode": fm.decode(lens, len(gen.token_ids)),
         "seconds": round(gen.seconds, 5),
+        "prefill_seconds": round(first.seconds, 5),
+        **loyalty(reference, first.logprobs),
         "new_tokens": len(gen.token_ids),
         "rank": rank,
     }
@@ -180,13 +196,22 @@ def run_settings(
     for setting in settings:  # refuse a bad setting (k past the last layer, unsupported model) before any work
         pruner = setting.make()
         if pruner is not None:
-            pruner.apply(model).remove()
+            with _named(setting):
+                pruner.apply(model).remove()
     mine = shard(samples, dist.rank, dist.world_size)
     done = store.done()
-    todo = [(s, [st for st in settings if (st.name, s.id) not in done]) for s in mine]
+    todo = [(s, _full_first([st for st in settings if (st.name, s.id) not in done])) for s in mine]
     todo = [(s, sts) for s, sts in todo if sts]
     total = sum(len(sts) for _, sts in todo)
     fm = FlopsModel(model)
+    if todo:  # unrecorded runs first: budgets checked on real inputs, and no latency pays for lazy setup
+        sample = todo[0][0]
+        inputs = to_model(build_inputs(processor, sample.load_images(), sample.prompt, video=sample.video), model)
+        generate(model, processor, inputs, None, 1)
+        pending = {st.name: st for _, sts in todo for st in sts if not st.is_full}
+        for setting in pending.values():
+            with _named(setting, sample):
+                generate(model, processor, inputs, setting.make(), 1)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -195,19 +220,22 @@ def run_settings(
         desc = f"eval rank {dist.rank}" if dist.world_size > 1 else "eval"
         bar = tqdm(total=len(mine) * len(settings), initial=skipped, desc=desc, unit="run", position=dist.rank)
     ran = 0
-    if todo:  # one unrecorded run first, so the first latency does not pay for lazy initialisation
-        sample = todo[0][0]
-        inputs = to_model(build_inputs(processor, sample.load_images(), sample.prompt, video=sample.video), model)
-        generate(model, processor, inputs, None, 1)
     try:
         for sample, pending in todo:
             inputs = to_model(build_inputs(processor, sample.load_images(), sample.prompt, video=sample.video), model)
             prompt_len = int(inputs["input_ids"].shape[1])
             n_visual = fm.n_visual(inputs["input_ids"])
             vision = fm.vision(n_visual)
+            reference = None  # the full model's first-token log-probs for this sample
             for setting in pending:
-                gen = generate(model, processor, inputs, setting.make(), max_new_tokens)
-                record = _record(setting, sample, gen, fm, prompt_len, n_visual, vision, dist.rank)
+                pruner = setting.make()
+                first = generate(model, processor, inputs, pruner, 1)
+                gen = first if max_new_tokens == 1 else generate(model, processor, inputs, pruner, max_new_tokens)
+                if setting.is_full:
+                    reference = first.logprobs
+                elif reference is None:  # the full model's record is from an earlier run
+                    reference = generate(model, processor, inputs, None, 1).logprobs
+                record = _record(setting, sample, gen, first, reference, fm, prompt_len, n_visual, vision, dist.rank)
                 store.append(record)
                 ran += 1
                 if bar is not None:
@@ -218,3 +246,18 @@ def run_settings(
         if bar is not None:
             bar.close()
     return ran
+
+
+def _full_first(settings: list[Setting]) -> list[Setting]:
+    """The full model first, so its first-token distribution is at hand for every other setting."""
+    return sorted(settings, key=lambda s: not s.is_full)
+
+
+@contextlib.contextmanager
+def _named(setting: Setting, sample: EvalSample | None = None):
+    """Prefix a refusal with the setting (and sample) it came from: a grid has many."""
+    try:
+        yield
+    except FastVError as err:
+        where = f"setting {setting.name!r}" + (f" on sample {sample.id!r}" if sample is not None else "")
+        raise type(err)(f"{where}: {err}") from err
