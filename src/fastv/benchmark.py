@@ -1,0 +1,587 @@
+"""Prefill/decode benchmark of FastV against the unpatched model, measured in one process.
+
+The model is a local checkpoint, or a random-weight model with a named real shape (full width,
+depth truncated so a CPU can hold and run it, with a tiny vision tower that still emits the real
+number of visual tokens). Each round runs the full model and every (K, R) setting once, in an order
+rotated from round to round, so all of them see the same machine load; warm-up calls come first
+and medians are reported.
+
+What is compared per setting: measured prefill speed-up vs the speed-up the exact FLOPs count
+predicts for the model actually run, decode tokens/s, peak memory, and KV-cache bytes vs prediction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fastv import flops as F
+from fastv.model_shapes import KNOWN_SHAPES
+
+TEXT_ID_RANGE = (100, 1000)  # plain word ids in every supported vocabulary (no special tokens)
+
+
+@dataclass
+class BenchConfig:
+    """One benchmark run. `model` is a known shape name (random weights) or a checkpoint folder."""
+
+    model: str = "llava-1.5-7b"
+    layers: int | None = 4  # truncate the language model to this many layers (None: keep all)
+    ks: tuple[int, ...] = (1, 2, 3)
+    ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
+    overhead_k: int = 2  # FastV at ratio 0 with this K measures the pure overhead
+    n_text: int = 40
+    frames: int | None = None  # a video of this many frames (video models)
+    repeats: int = 5
+    warmup: int = 1
+    new_tokens: int = 3
+    dtype: str = "bfloat16"
+    threads: int | None = 1  # one thread: stable timings on a CPU shared with other jobs
+    seed: int = 0
+
+    def settings(self) -> list[tuple[int, float]]:
+        grid = [(k, r) for k in self.ks for r in self.ratios]
+        return [(self.overhead_k, 0.0)] + [s for s in grid if s != (self.overhead_k, 0.0)]
+
+
+@dataclass
+class Timing:
+    """Per-call measurements of one setting over the repeats."""
+
+    prefill_s: list[float] = field(default_factory=list)
+    prefill_cpu_s: list[float] = field(default_factory=list)
+    decode_tok_s: list[float] = field(default_factory=list)
+    peak_mem_bytes: list[int] = field(default_factory=list)
+    kv_bytes: int = 0
+    layer_seq_lens: list[int] = field(default_factory=list)
+    kept: int | None = None
+
+    def add(self, other: CallResult) -> None:
+        self.prefill_s.append(other.prefill_s)
+        self.prefill_cpu_s.append(other.prefill_cpu_s)
+        self.decode_tok_s.append(other.decode_tok_s)
+        self.peak_mem_bytes.append(other.peak_mem_bytes)
+        self.kv_bytes = other.kv_bytes
+        if other.layer_seq_lens:
+            self.layer_seq_lens = other.layer_seq_lens
+            self.kept = other.kept
+
+
+@dataclass
+class CallResult:
+    prefill_s: float
+    prefill_cpu_s: float
+    decode_tok_s: float
+    peak_mem_bytes: int
+    kv_bytes: int
+    layer_seq_lens: list[int]
+    kept: int | None
+
+
+# --------------------------------------------------------------------------- building the model
+
+
+def _tiny_vision(model_type: str, frames: int | None) -> dict[str, Any]:
+    """A one-layer vision tower giving the real visual-token count (576 per image, 256 per frame)."""
+    if model_type in ("llava", "llava_next"):
+        return dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+                    image_size=48, patch_size=2)  # fmt: skip
+    if model_type == "video_llava":
+        return dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+                    image_size=32, patch_size=2)  # fmt: skip
+    if model_type == "qwen2_vl":
+        return dict(depth=1, embed_dim=64, num_heads=2, mlp_ratio=2, patch_size=14, spatial_merge_size=2)
+    if model_type == "qwen2_5_vl":
+        return dict(depth=1, hidden_size=64, intermediate_size=128, num_heads=2, patch_size=14,
+                    spatial_merge_size=2, window_size=112, fullatt_block_indexes=[0])  # fmt: skip
+    raise ValueError(f"no benchmark inputs for model_type {model_type!r}")
+
+
+def build_model(cfg: BenchConfig) -> tuple[torch.nn.Module, str]:
+    """The model to time and a one-line description of what it is."""
+    dtype = getattr(torch, cfg.dtype)
+    name = cfg.model.lower()
+    if name in KNOWN_SHAPES:
+        from transformers import AutoModelForImageTextToText
+
+        from fastv.model_shapes import build_config
+
+        shape = KNOWN_SHAPES[name]
+        text = dict(shape.text)
+        full_layers = text["num_hidden_layers"]
+        if cfg.layers:
+            text["num_hidden_layers"] = min(cfg.layers, full_layers)
+        if shape.model_type.startswith("qwen"):
+            head_dim = text["hidden_size"] // text["num_attention_heads"]
+            text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": _mrope(head_dim)}
+        vision = {**_tiny_vision(shape.model_type, cfg.frames), **_qwen_out(shape)}
+        config = build_config(shape.model_type, text, vision, shape.extra)
+        torch.manual_seed(cfg.seed)
+        with _default_dtype(dtype):
+            model = AutoModelForImageTextToText.from_config(config, attn_implementation="sdpa")
+        depth = text["num_hidden_layers"]
+        what = (
+            f"random-weight {shape.name} shape ({shape.hf_id}): language model at full width, "
+            f"{depth} of {full_layers} layers"
+            + (" (depth truncated)" if depth < full_layers else "")
+            + "; 1-layer tiny vision tower with the real visual-token count"
+        )
+    else:
+        from transformers import AutoModelForImageTextToText
+
+        model = AutoModelForImageTextToText.from_pretrained(cfg.model, dtype=dtype, local_files_only=True)
+        what = f"checkpoint {cfg.model}"
+    model = model.to(dtype).eval()
+    model.generation_config.pad_token_id = model.generation_config.pad_token_id or 0
+    return model, what
+
+
+def _mrope(head_dim: int) -> list[int]:
+    """M-RoPE sections (text, height, width) summing to head_dim/2, in Qwen's 2:3:3 proportion."""
+    half = head_dim // 2
+    a = half // 4
+    b = (half - a) // 2
+    return [a, b, half - a - b]
+
+
+def _qwen_out(shape) -> dict[str, Any]:
+    if shape.model_type == "qwen2_vl":
+        return {"hidden_size": shape.text["hidden_size"]}
+    if shape.model_type == "qwen2_5_vl":
+        return {"out_hidden_size": shape.text["hidden_size"]}
+    return {}
+
+
+class _default_dtype:
+    """Create parameters directly in the benchmark dtype (halves peak memory while building)."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype, self.old = dtype, torch.get_default_dtype()
+
+    def __enter__(self) -> None:
+        if self.dtype.is_floating_point:
+            torch.set_default_dtype(self.dtype)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_default_dtype(self.old)
+
+
+def build_inputs(model: torch.nn.Module, cfg: BenchConfig) -> tuple[dict[str, torch.Tensor], int]:
+    """Prompt ids with the model's visual tokens plus `n_text` text tokens, and pixel values."""
+    config = model.config
+    kind = config.model_type
+    dtype = next(model.parameters()).dtype
+    g = torch.Generator().manual_seed(cfg.seed)
+    text = torch.randint(*TEXT_ID_RANGE, (cfg.n_text,), generator=g)
+    pre, post = text[:4], text[4:]
+    vc = config.vision_config
+    if kind in ("llava", "video_llava"):
+        side = vc.image_size
+        patches = (side // vc.patch_size) ** 2
+        if kind == "video_llava" or cfg.frames:
+            frames = cfg.frames or 8
+            n_visual = frames * (patches + 1)
+            visual = torch.full((n_visual,), config.video_token_id)
+            pixels = {"pixel_values_videos": torch.randn(1, frames, 3, side, side, generator=g, dtype=dtype)}
+        else:
+            n_visual = patches
+            visual = torch.full((n_visual,), config.image_token_id)
+            pixels = {"pixel_values": torch.randn(1, 3, side, side, generator=g, dtype=dtype)}
+        ids = torch.cat([pre, visual, post])[None]
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), **pixels}, n_visual
+    if kind in ("qwen2_vl", "qwen2_5_vl"):
+        t, h, w = 1, 48, 48  # one 672x672 image -> 576 visual tokens
+        if cfg.frames:
+            t = max(1, cfg.frames // vc.temporal_patch_size)
+            h = w = 32  # 16x16 = 256 merged tokens per temporal group
+        n_visual = t * h * w // vc.spatial_merge_size**2
+        token = config.video_token_id if cfg.frames else config.image_token_id
+        ids = torch.cat([pre, torch.tensor([config.vision_start_token_id]), torch.full((n_visual,), token), post])
+        ids = ids[None]
+        patch = 3 * vc.temporal_patch_size * vc.patch_size**2
+        pix = torch.randn(t * h * w, patch, generator=g, dtype=dtype)
+        grid = torch.tensor([[t, h, w]])
+        mm = (ids == token).long() * (2 if cfg.frames else 1)
+        extra = (
+            {"pixel_values_videos": pix, "video_grid_thw": grid}
+            if cfg.frames
+            else {"pixel_values": pix, "image_grid_thw": grid}
+        )
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "mm_token_type_ids": mm, **extra}, n_visual
+    raise ValueError(f"no benchmark inputs for model_type {kind!r}")
+
+
+# --------------------------------------------------------------------------- measuring one call
+
+
+class _FirstToken:
+    """A logits processor that only records when each step's logits arrive (no effect on them)."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+        self.cpu: list[float] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.stamps.append(time.perf_counter())
+        self.cpu.append(time.process_time())
+        return scores
+
+
+class PeakRSS:
+    """Peak resident memory above the starting point, sampled from /proc (CPU) or CUDA stats."""
+
+    def __init__(self, interval: float = 0.002) -> None:
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._cuda = torch.cuda.is_available()
+
+    @staticmethod
+    def _rss() -> int:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError):
+            return 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakRSS:
+        if self._cuda:
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            self.base = self.peak = self._rss()
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._cuda:
+            self.peak = torch.cuda.max_memory_allocated()
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, self._rss())
+
+    @property
+    def delta(self) -> int:
+        return max(0, self.peak - self.base)
+
+
+def cache_bytes(cache: Any) -> int:
+    """Bytes of keys and values held by a transformers cache (per layer, whatever their lengths)."""
+    total = 0
+    for layer in getattr(cache, "layers", []):
+        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+    return total
+
+
+def run_once(model: torch.nn.Module, inputs: dict[str, torch.Tensor], new_tokens: int, handle=None) -> CallResult:
+    """One `generate`: time to first token, decode tokens/s, peak memory, cache bytes."""
+    from transformers import LogitsProcessorList
+
+    stamp = _FirstToken()
+    with PeakRSS() as mem, torch.inference_mode():
+        start, start_cpu = time.perf_counter(), time.process_time()
+        out = model.generate(
+            **inputs,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            logits_processor=LogitsProcessorList([stamp]),
+            return_dict_in_generate=True,
+        )
+    prefill, prefill_cpu = stamp.stamps[0] - start, stamp.cpu[0] - start_cpu
+    decode_steps = len(stamp.stamps) - 1
+    decode = (decode_steps / (stamp.stamps[-1] - stamp.stamps[0])) if decode_steps else float("nan")
+    stats = getattr(handle, "stats", None) if handle is not None else None
+    lens = list(stats.layer_seq_lens) if stats is not None else []
+    kept = int(stats.num_kept[0]) if stats is not None else None
+    return CallResult(prefill, prefill_cpu, decode, mem.delta, cache_bytes(out.past_key_values), lens, kept)
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+
+@dataclass
+class SettingResult:
+    """Medians for one (K, R) and how they compare with the FLOPs prediction."""
+
+    k: int
+    ratio: float
+    kept: int
+    prefill_s: float  # median wall-clock time to first token
+    prefill_cpu_s: float  # median CPU time of the process over the same span
+    decode_tok_s: float
+    peak_mem_mb: float
+    kv_bytes: int
+    speedup_measured: float  # wall clock
+    speedup_measured_cpu: float
+    speedup_predicted: float
+    efficiency: float  # measured / predicted speed-up (wall clock)
+    efficiency_cpu: float
+    kv_bytes_predicted: int
+    kv_error: float  # measured / predicted - 1
+    kv_saving: float  # 1 - FastV cache / full cache
+    kv_saving_predicted: float
+    flops: int
+    layer_seq_lens: list[int]
+    prefill_all_s: list[float]
+
+
+@dataclass
+class BenchResult:
+    config: dict[str, Any]
+    model: str
+    n_visual: int
+    n_text: int
+    machine: dict[str, Any]
+    full: dict[str, Any]
+    settings: list[SettingResult]
+    overhead: float  # FastV at ratio 0 vs unpatched prefill: time ratio - 1
+    overhead_cpu: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def setting(self, k: int, ratio: float) -> SettingResult | None:
+        return next((s for s in self.settings if s.k == k and abs(s.ratio - ratio) < 1e-9), None)
+
+
+def _machine(cfg: BenchConfig) -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_avg_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+
+
+def run_benchmark(
+    cfg: BenchConfig,
+    model: torch.nn.Module | None = None,
+    show_progress: bool = True,
+) -> BenchResult:
+    """Time the full model and every FastV setting, round after round, and compare with FLOPs."""
+    from tqdm.auto import tqdm
+
+    import fastv
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    what = f"given model {type(model).__name__}" if model is not None else ""
+    if model is None:
+        model, what = build_model(cfg)
+    machine = _machine(cfg)
+    inputs, n_visual = build_inputs(model, cfg)
+    n_tokens = int(inputs["input_ids"].shape[1])
+    settings = cfg.settings()
+    timings = {("full",): Timing(), **{s: Timing() for s in settings}}
+
+    def call(setting) -> CallResult:
+        if setting == ("full",):
+            return run_once(model, inputs, cfg.new_tokens)
+        k, ratio = setting
+        with fastv.FastV(k=k, ratio=ratio).apply(model) as handle:
+            return run_once(model, inputs, cfg.new_tokens, handle)
+
+    plan = [("full",)] + settings
+    total = cfg.warmup * 2 + cfg.repeats * len(plan)
+    bar = tqdm(total=total, desc=f"bench {cfg.model}", unit="call", leave=False, disable=not show_progress)
+    for _ in range(cfg.warmup):  # first calls pay for allocation and kernel selection
+        for s in (("full",), settings[-1]):
+            call(s)
+            bar.update()
+    for rnd in range(cfg.repeats):
+        order = plan[rnd % len(plan) :] + plan[: rnd % len(plan)]  # rotate: nobody keeps a fixed slot
+        for s in order:
+            timings[s].add(call(s))
+            bar.set_postfix_str(f"round {rnd + 1}/{cfg.repeats} {s}")
+            bar.update()
+    bar.close()
+
+    text_config = model.config.get_text_config(decoder=True)
+    vis = F.vision_flops(model.config, n_visual=n_visual, frames=cfg.frames if cfg.frames else None)
+    vision_side = vis.tower + vis.projector
+    n_layers = text_config.num_hidden_layers
+    full_t = timings[("full",)]
+    full_lens = [n_tokens] * n_layers
+    full_flops = vision_side + F.prefill_flops(text_config, full_lens)
+    elem = torch.finfo(next(model.parameters()).dtype).bits // 8
+    grow = cfg.new_tokens - 1  # tokens appended to every layer's cache during decoding
+
+    def kv_pred(lens: list[int]) -> int:
+        return F.kv_cache_bytes(text_config, [n + grow for n in lens], dtype_bytes=elem)
+
+    full_prefill = statistics.median(full_t.prefill_s)
+    full_cpu = statistics.median(full_t.prefill_cpu_s)
+    results: list[SettingResult] = []
+    for k, ratio in settings:
+        t = timings[(k, ratio)]
+        kept = t.kept if t.kept is not None else F.kept_count(n_visual, ratio)
+        lens = t.layer_seq_lens or F.fastv_layer_seq_lens(n_layers, n_tokens, n_visual, k, kept)
+        fl = vision_side + F.prefill_flops(text_config, lens)
+        med, med_cpu = statistics.median(t.prefill_s), statistics.median(t.prefill_cpu_s)
+        measured, predicted = full_prefill / med, full_flops / fl
+        measured_cpu = full_cpu / med_cpu
+        kv_p = kv_pred(lens)
+        results.append(
+            SettingResult(
+                k=k,
+                ratio=ratio,
+                kept=kept,
+                prefill_s=med,
+                prefill_cpu_s=med_cpu,
+                decode_tok_s=statistics.median(t.decode_tok_s),
+                peak_mem_mb=statistics.median(t.peak_mem_bytes) / 2**20,
+                kv_bytes=t.kv_bytes,
+                speedup_measured=measured,
+                speedup_measured_cpu=measured_cpu,
+                speedup_predicted=predicted,
+                efficiency=measured / predicted,
+                efficiency_cpu=measured_cpu / predicted,
+                kv_bytes_predicted=kv_p,
+                kv_error=t.kv_bytes / kv_p - 1 if kv_p else 0.0,
+                kv_saving=1 - t.kv_bytes / full_t.kv_bytes if full_t.kv_bytes else 0.0,
+                kv_saving_predicted=1 - kv_p / kv_pred(full_lens),
+                flops=fl,
+                layer_seq_lens=lens,
+                prefill_all_s=list(t.prefill_s),
+            )
+        )
+    zero = next(r for r in results if r.ratio == 0.0)
+    full = {
+        "prefill_s": full_prefill,
+        "prefill_cpu_s": full_cpu,
+        "decode_tok_s": statistics.median(full_t.decode_tok_s),
+        "peak_mem_mb": statistics.median(full_t.peak_mem_bytes) / 2**20,
+        "kv_bytes": full_t.kv_bytes,
+        "kv_bytes_predicted": kv_pred(full_lens),
+        "flops": full_flops,
+        "vision_flops": vision_side,
+        "prefill_all_s": list(full_t.prefill_s),
+        "n_tokens": n_tokens,
+    }
+    machine["load_avg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return BenchResult(
+        config=asdict(cfg),
+        model=what,
+        n_visual=n_visual,
+        n_text=n_tokens - n_visual,
+        machine=machine,
+        full=full,
+        settings=results,
+        overhead=zero.prefill_s / full_prefill - 1,
+        overhead_cpu=zero.prefill_cpu_s / full_cpu - 1,
+    )
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def save_json(result: BenchResult, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result.to_dict(), indent=2))
+
+
+def load_json(path: Path) -> BenchResult:
+    """Read a saved run back (to re-plot or re-tabulate without re-timing)."""
+    data = json.loads(Path(path).read_text())
+    data["settings"] = [SettingResult(**s) for s in data["settings"]]
+    return BenchResult(**data)
+
+
+def plot(result: BenchResult, path: Path) -> None:
+    """Speed-up vs R for each K, measured (solid) against the FLOPs ideal (dashed): wall clock and CPU time."""
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), sharey=True)
+    ks = sorted({s.k for s in result.settings})
+    for ax, attr, label in (
+        (axes[0], "speedup_measured", "wall clock (time to first token)"),
+        (axes[1], "speedup_measured_cpu", "CPU time of the process"),
+    ):
+        for i, k in enumerate(ks):
+            rows = sorted((s for s in result.settings if s.k == k and s.ratio > 0), key=lambda s: s.ratio)
+            rs = [0.0] + [s.ratio for s in rows]
+            ax.plot(rs, [1.0] + [getattr(s, attr) for s in rows], "o-", color=f"C{i}", label=f"K={k} measured")
+            ax.plot(rs, [1.0] + [s.speedup_predicted for s in rows], "--", color=f"C{i}", alpha=0.7,
+                    label=f"K={k} FLOPs ideal")  # fmt: skip
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("pruning ratio R (share of visual tokens dropped)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("prefill speed-up vs unpatched")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(f"FastV prefill, {result.n_visual} visual + {result.n_text} text tokens", fontsize=11)
+    load = result.machine.get("load_avg_start")
+    caption = result.model + (f"; load average at start {load[0]:.1f}" if load else "")
+    fig.text(0.01, 0.01, "\n".join(textwrap.wrap(caption, 150)), fontsize=7, alpha=0.8)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def markdown_table(result: BenchResult) -> str:
+    """The README's results table for one run (peak MiB: resident memory above the start of the call)."""
+    f = result.full
+    lines = [
+        "| K | R | kept | TTFT s | CPU s | speed-up (wall) | speed-up (CPU) | FLOPs ideal | wall / ideal "
+        "| CPU / ideal | decode tok/s | peak MiB | KV MiB | KV vs pred | KV saving (pred) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| full | - | {result.n_visual} | {f['prefill_s']:.2f} | {f['prefill_cpu_s']:.2f} | 1.00 | 1.00 | 1.00 | - | - "
+        f"| {f['decode_tok_s']:.2f} | {f['peak_mem_mb']:.0f} | {f['kv_bytes'] / 2**20:.1f} | {f['kv_bytes'] / f['kv_bytes_predicted'] - 1:+.2%} | - |",
+    ]
+    for r in sorted(result.settings, key=lambda r: (r.k, r.ratio)):
+        lines.append(
+            f"| {r.k} | {r.ratio:g} | {r.kept} | {r.prefill_s:.2f} | {r.prefill_cpu_s:.2f} | {r.speedup_measured:.2f} "
+            f"| {r.speedup_measured_cpu:.2f} | {r.speedup_predicted:.2f} | {r.efficiency:.0%} | {r.efficiency_cpu:.0%} "
+            f"| {r.decode_tok_s:.2f} | {r.peak_mem_mb:.0f} | {r.kv_bytes / 2**20:.1f} | {r.kv_error:+.2%} "
+            f"| {r.kv_saving:.1%} ({r.kv_saving_predicted:.1%}) |"
+        )
+    lines.append(
+        f"\nFastV at R=0 (K={result.config['overhead_k']}) vs unpatched: {result.overhead:+.1%} wall, "
+        f"{result.overhead_cpu:+.1%} CPU time."
+    )
+    return "\n".join(lines)
+
+
+SUITES: dict[str, BenchConfig] = {
+    # LLaVA-1.5-7B width, 576 image tokens + 40 text tokens; several K for the plot.
+    "image": BenchConfig(model="llava-1.5-7b", layers=4, ks=(1, 2, 3), ratios=(0.25, 0.5, 0.75), repeats=5),
+    # Video-LLaVA-7B width, 8 frames x 257 tokens (2056 visual tokens).
+    "video": BenchConfig(model="video-llava-7b", layers=4, ks=(2,), ratios=(0.5, 0.75), frames=8, repeats=5),
+}
+
+
+def run_and_save(
+    cfg: BenchConfig, out_dir: Path, name: str, show_progress: bool = True, model: torch.nn.Module | None = None
+) -> BenchResult:
+    """Run, then write `<name>.json`, `<name>.png` and `<name>.md` under `out_dir`."""
+    result = run_benchmark(cfg, model=model, show_progress=show_progress)
+    out_dir = Path(out_dir)
+    save_json(result, out_dir / f"{name}.json")
+    plot(result, out_dir / f"{name}.png")
+    (out_dir / f"{name}.md").write_text(f"{result.model}\n\n{markdown_table(result)}\n")
+    return result

@@ -1,0 +1,93 @@
+"""The benchmark machinery on tiny models: structure and bookkeeping, never timings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText
+from typer.testing import CliRunner
+
+from fastv import benchmark as B
+from fastv import flops as F
+from fastv.model_shapes import build_config
+
+TEXT = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+    num_key_value_heads=2, vocab_size=1200,
+)  # fmt: skip
+
+
+def _tiny(kind: str = "llava") -> torch.nn.Module:
+    torch.manual_seed(0)
+    text, extra = dict(TEXT), {"image_token_id": 1100, "video_token_id": 1101}
+    if kind.startswith("qwen"):
+        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e4, "mrope_section": B._mrope(16)}
+        extra["vision_start_token_id"] = 1102
+    out = {"qwen2_vl": {"hidden_size": 64}, "qwen2_5_vl": {"out_hidden_size": 64}}.get(kind, {})
+    vision = {**B._tiny_vision(kind, None), **out}
+    return AutoModelForImageTextToText.from_config(build_config(kind, text, vision, extra)).eval()
+
+
+def test_benchmark_structure_and_kv_bookkeeping(tmp_path):
+    cfg = B.BenchConfig(model="tiny", ks=(1, 2), ratios=(0.5,), repeats=1, warmup=0, new_tokens=2, dtype="float32")
+    result = B.run_and_save(cfg, tmp_path, "tiny", show_progress=False, model=_tiny())
+    assert result.n_visual == 576 and result.n_text == 40
+    assert [(s.k, s.ratio) for s in result.settings] == [(2, 0.0), (1, 0.5), (2, 0.5)]
+    for s in result.settings:
+        assert s.prefill_s > 0 and s.speedup_predicted >= 1.0 and len(s.prefill_all_s) == 1
+        assert s.kv_bytes == s.kv_bytes_predicted  # the cache holds exactly what FastV predicts
+        assert s.layer_seq_lens[: s.k] == [616] * s.k
+    half = result.setting(2, 0.5)
+    assert half.kept == 288 and half.layer_seq_lens == [616, 616, 328]
+    assert half.kv_saving == pytest.approx(half.kv_saving_predicted) and half.kv_saving > 0
+    assert result.setting(2, 0.0).speedup_predicted == pytest.approx(1.0)
+    data = json.loads((tmp_path / "tiny.json").read_text())
+    assert {"config", "machine", "full", "settings", "overhead"} <= set(data)
+    assert B.load_json(tmp_path / "tiny.json").setting(2, 0.5) == half
+    assert (tmp_path / "tiny.png").stat().st_size > 1000
+    assert "| 2 | 0.5 | 288 |" in (tmp_path / "tiny.md").read_text()
+
+
+@pytest.mark.parametrize("kind", ["qwen2_vl", "qwen2_5_vl", "video_llava"])
+def test_inputs_match_the_model(kind):
+    """Built inputs run through each family and carry the visual-token count the FLOPs assume."""
+    model = _tiny(kind)
+    frames = 8 if kind == "video_llava" else None
+    inputs, n_visual = B.build_inputs(model, B.BenchConfig(frames=frames, n_text=8))
+    assert n_visual == {"qwen2_vl": 576, "qwen2_5_vl": 576, "video_llava": 8 * 257}[kind]
+    with torch.inference_mode():
+        out = model(**inputs, logits_to_keep=1)
+    assert out.logits.shape[1] == 1
+    vis = F.vision_flops(model.config, n_visual=n_visual, frames=frames)
+    assert vis.visual_tokens == n_visual
+
+
+def test_mrope_sections_sum_to_half_head_dim():
+    assert sum(B._mrope(128)) == 64 and B._mrope(128) == [16, 24, 24]
+
+
+def test_cli_flops_table_json_and_budget():
+    from fastv.cli import _register, app
+
+    _register()
+    runner = CliRunner()
+    res = runner.invoke(app, ["flops", "--model", "llava-1.5-13b", "--k", "2", "--ratio", "0.5", "--json"])
+    assert res.exit_code == 0, res.output
+    row = json.loads(res.output)[0]
+    assert row["llm_reduction"] == pytest.approx(0.45, abs=0.01)
+    res = runner.invoke(app, ["flops", "-m", "llava-1.5-13b", "--budget", "1", "--budget-model", "llava-1.5-7b"])
+    assert res.exit_code == 0 and "Settings within" in res.output
+    assert runner.invoke(app, ["flops", "--list"]).exit_code == 0
+    assert runner.invoke(app, ["flops", "--model", "no-such-model"]).exit_code != 0
+    assert runner.invoke(app, ["bench", "--suite", "nope"]).exit_code != 0
+
+
+def test_local_checkpoint(tmp_path):
+    """A saved checkpoint folder is loaded as-is (no truncation) and benchmarked the same way."""
+    _tiny().save_pretrained(tmp_path / "ckpt")
+    cfg = B.BenchConfig(model=str(tmp_path / "ckpt"), ks=(2,), ratios=(0.5,), repeats=1, warmup=0, new_tokens=2)
+    result = B.run_benchmark(cfg, show_progress=False)
+    assert result.model.startswith("checkpoint") and result.setting(2, 0.5).kept == 288
+    assert result.setting(2, 0.5).kv_bytes == result.setting(2, 0.5).kv_bytes_predicted
