@@ -1,0 +1,396 @@
+"""What the demo computes, without any Gradio: one model, a comparison per (image, prompt, settings).
+
+The full model's answer depends only on the image and the prompt, so it is cached on those and
+moving the K / R sliders or switching the scorer reruns FastV alone (both prefills are re-timed side
+by side, since a timing is only comparable to one taken under the same load). Bad input raises `FastVError`
+with a message meant for the page; `Demo.safe_compare` turns any failure into such a message so a
+request can never take the server down.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageSequence, UnidentifiedImageError
+
+from fastv import overlay
+from fastv.engine import FastV
+from fastv.errors import FastVError
+from fastv.families import resolve
+from fastv.flops import TextShape, format_flops, prefill_report, theory_layer_flops, vision_flops
+from fastv.generate import Answer, answer
+from fastv.loading import build_inputs, to_model
+
+log = logging.getLogger(__name__)
+VIDEO_FRAMES = 8
+CACHE_SIZE = 32
+
+
+@dataclass(frozen=True)
+class Settings:
+    """FastV's knobs as the page shows them: K (first pruned layer), R (share dropped), scorer."""
+
+    k: int = 2
+    ratio: float = 0.5
+    scorer: str = "last_token"
+
+
+@dataclass
+class FullRun:
+    """The full model on one (image, prompt): cached, since no slider changes it."""
+
+    answer: Answer
+    allocation: Path | None  # per-layer attention allocation chart (PNG)
+    note: str = ""
+
+
+@dataclass
+class Flops:
+    """Prefill FLOPs, full vs FastV: exact for the language model, the paper's formula, the vision side."""
+
+    llm_full: int
+    llm_fastv: int
+    theory_full: float  # the paper's 4nd^2 + 2n^2d + 2ndm per layer (multiply-accumulates)
+    theory_fastv: float
+    vision: int | None  # tower + projector: identical with and without FastV
+
+    @staticmethod
+    def reduction(full: float, pruned: float) -> float:
+        return 1 - pruned / full if full else 0.0
+
+
+@dataclass
+class Comparison:
+    """Everything the page shows for one request."""
+
+    full_answer: str
+    fastv_answer: str
+    kept: int
+    total: int
+    flops: Flops
+    prefill_full_s: float
+    prefill_fastv_s: float
+    masked: Image.Image  # the processed image, pruned patches greyed out
+    allocation: Path | None
+    full_cached: bool  # the full model's result came from the cache (only FastV ran)
+    timing_repeats: int = 5  # prefill times are the best of this many runs
+    notes: list[str] = field(default_factory=list)
+
+    def flops_markdown(self) -> str:
+        """A small table: FLOPs and measured prefill time, full vs FastV."""
+        f = self.flops
+        rows = [
+            ("LLM prefill, exact", format_flops(f.llm_full), format_flops(f.llm_fastv), f.llm_full, f.llm_fastv),
+            (
+                "LLM prefill, paper formula (MACs)",
+                _si(f.theory_full),
+                _si(f.theory_fastv),
+                f.theory_full,
+                f.theory_fastv,
+            ),
+        ]
+        if f.vision is not None:
+            full, fast = f.vision + f.llm_full, f.vision + f.llm_fastv
+            rows.append(("whole prefill incl. vision tower", format_flops(full), format_flops(fast), full, fast))
+        rows.append(
+            (
+                f"measured prefill time (best of {self.timing_repeats})",
+                f"{self.prefill_full_s * 1000:.1f} ms",
+                f"{self.prefill_fastv_s * 1000:.1f} ms",
+                self.prefill_full_s,
+                self.prefill_fastv_s,
+            )
+        )
+        lines = ["| | full model | FastV | change |", "|---|---:|---:|---:|"]
+        for name, a, b, x, y in rows:
+            lines.append(f"| {name} | {a} | {b} | {-Flops.reduction(x, y):+.1%} |")
+        return "\n".join(lines)
+
+
+def _si(value: float) -> str:
+    return format_flops(value).replace("FLOPs", "MACs")
+
+
+# ---- reading uploads ---------------------------------------------------------------------------
+def read_image(image: Any) -> Image.Image:
+    """An upload (path, PIL image or array) as RGB; an unreadable file becomes a readable error."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, np.ndarray):
+        return Image.fromarray(image.astype(np.uint8)).convert("RGB")
+    path = Path(str(image))
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        reason = "not an image format Pillow can read" if isinstance(err, UnidentifiedImageError) else str(err)
+        raise FastVError(f"could not read {path.name!r} as an image ({reason}); upload a PNG or JPEG") from err
+
+
+def read_video(path: Any, frames: int = VIDEO_FRAMES) -> list[Image.Image]:
+    """`frames` evenly spaced frames of a video file (animated GIF with Pillow; other formats via PyAV)."""
+    path = Path(str(path))
+    try:
+        with Image.open(path) as im:
+            all_frames = [f.convert("RGB") for f in ImageSequence.Iterator(im)]
+    except (UnidentifiedImageError, OSError):
+        try:
+            import av  # optional: decoding mp4/webm needs it
+        except ImportError as err:
+            raise FastVError(f"decoding {path.suffix or 'this'} video needs PyAV (`pip install av`)") from err
+        try:
+            with av.open(str(path)) as container:
+                all_frames = [f.to_image().convert("RGB") for f in container.decode(video=0)]
+        except Exception as err:  # PyAV raises its own error types
+            raise FastVError(f"could not decode {path.name!r} as a video: {err}") from err
+    if not all_frames:
+        raise FastVError(f"{path.name!r} holds no frames")
+    idx = np.linspace(0, len(all_frames) - 1, min(frames, len(all_frames))).round().astype(int)
+    return [all_frames[i] for i in idx]
+
+
+def _digest(images: list[Image.Image]) -> str:
+    h = hashlib.sha1()
+    for im in images:
+        h.update(f"{im.size}{im.mode}".encode())
+        h.update(im.tobytes())
+    return h.hexdigest()
+
+
+def _prefill_once(model: torch.nn.Module, inputs: dict[str, Any], pruner: FastV | None) -> float:
+    handle = pruner.apply(model) if pruner is not None else None
+    try:
+        start = time.perf_counter()
+        model(**inputs, use_cache=True, logits_to_keep=1)
+        return time.perf_counter() - start
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+@torch.inference_mode()
+def time_prefills(
+    model: torch.nn.Module, inputs: dict[str, Any], pruner: FastV, repeats: int = 5
+) -> tuple[float, float]:
+    """Seconds of one prefill forward (vision tower included), full and pruned: best of `repeats`.
+
+    The runs alternate, full then pruned, so both see the same load on a shared CPU; the best of
+    several runs, because single timings of a small model there are noisy.
+    """
+    full, pruned = float("inf"), float("inf")
+    for _ in range(repeats):
+        full = min(full, _prefill_once(model, inputs, None))
+        pruned = min(pruned, _prefill_once(model, inputs, pruner))
+    return full, pruned
+
+
+# ---- the demo ----------------------------------------------------------------------------------
+class Demo:
+    """One loaded model and the caches of its results; `compare` is what a request runs."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        processor: Any,
+        name: str = "model",
+        max_new_tokens: int = 12,
+        timing_repeats: int = 5,
+    ):
+        self.model, self.processor, self.name = model, processor, name
+        self.max_new_tokens, self.timing_repeats = max_new_tokens, timing_repeats
+        self.adapter = resolve(model)
+        self.calls = {"full": 0, "fastv": 0}  # model runs, for tests of the caching
+        self._full: OrderedDict[tuple, FullRun] = OrderedDict()
+        self._fastv: OrderedDict[tuple, Answer] = OrderedDict()
+        self._lock = threading.Lock()  # FastV hooks one model at a time
+        self._dir = Path(tempfile.mkdtemp(prefix="fastv-demo-"))
+
+    @property
+    def num_layers(self) -> int:
+        return self.adapter.num_layers
+
+    @property
+    def video_capable(self) -> bool:
+        return self.adapter.family.video
+
+    # ---- public -------------------------------------------------------------------------------
+    def warmup(self) -> None:
+        """One full and one FastV prefill on a blank image: the first visitor then sees steady timings,
+        not one-off start-up costs (the first pruned forward is ~1 s slower on CPU)."""
+        blank = Image.new("RGB", (64, 64), (128, 128, 128))
+        with self._lock:
+            inputs = to_model(build_inputs(self.processor, [blank], "warm up"), self.model)
+            k = 1 if self.num_layers > 1 else 0
+            time_prefills(self.model, inputs, FastV(k=k, scorer="last_token" if k else "random"), repeats=1)
+
+    def compare(
+        self, image: Any = None, prompt: str = "", settings: Settings = Settings(), video: Any = None
+    ) -> Comparison:
+        """Full model vs FastV on one image (or video) and prompt. Raises FastVError on bad input."""
+        pruner = self._pruner(settings)
+        prompt = (prompt or "").strip()
+        if not prompt:
+            raise FastVError("type a prompt (a question about the image)")
+        images = [read_image(image)] if image is not None else []
+        frames = read_video(video) if video is not None else None
+        if frames is not None and not self.video_capable:
+            raise FastVError(f"{self.adapter.family.name} models take images, not videos: upload an image")
+        if not images and frames is None:
+            raise FastVError("upload an image first: FastV prunes the model's visual tokens")
+        with self._lock:
+            inputs = to_model(build_inputs(self.processor, images, prompt, video=frames), self.model)
+            key = (_digest(images + (frames or [])), prompt)
+            cached = key in self._full
+            full = self._full_run(key, inputs)
+            fast = self._fastv_run(key, inputs, pruner, settings)
+            full_s, fast_s = time_prefills(self.model, inputs, pruner, self.timing_repeats)
+            masked = self._masked(inputs, fast, images, frames)
+        stats = fast.stats
+        notes = [full.note] if full.note else []
+        return Comparison(
+            full_answer=full.answer.text,
+            fastv_answer=fast.text,
+            kept=sum(stats.num_kept),
+            total=sum(stats.num_visual),
+            flops=self._flops(stats, settings.k),
+            prefill_full_s=full_s,
+            prefill_fastv_s=fast_s,
+            masked=masked,
+            allocation=full.allocation,
+            full_cached=cached,
+            timing_repeats=self.timing_repeats,
+            notes=notes,
+        )
+
+    def safe_compare(self, *args: Any, **kwargs: Any) -> tuple[Comparison | None, str]:
+        """`compare`, with every failure turned into a message for the page (never a traceback)."""
+        try:
+            return self.compare(*args, **kwargs), ""
+        except FastVError as err:
+            return None, str(err)
+        except Exception as err:  # keep serving; the log keeps the traceback for the operator
+            log.exception("demo request failed")
+            return None, f"internal error ({type(err).__name__}): {err}"
+
+    # ---- steps --------------------------------------------------------------------------------
+    def _pruner(self, s: Settings) -> FastV:
+        n = self.num_layers
+        if s.k < 0:
+            raise FastVError(f"K={s.k}: K is a layer index, pick 0..{n - 1}")
+        if s.k >= n:
+            raise FastVError(f"K={s.k} is beyond the model's depth: its language model has {n} layers; pick 0..{n - 1}")
+        if s.k == 0 and s.scorer == "last_token":
+            raise FastVError("K=0 leaves no layer to score attention at: pick K >= 1, or the random scorer")
+        return FastV(k=int(s.k), ratio=float(s.ratio), scorer=s.scorer)
+
+    def _full_run(self, key: tuple, inputs: dict[str, Any]) -> FullRun:
+        if key in self._full:
+            self._full.move_to_end(key)
+            return self._full[key]
+        result = answer(self.model, self.processor, inputs, None, self.max_new_tokens)
+        self.calls["full"] += 1
+        chart, note = self._allocation(inputs, key)
+        run = FullRun(result, chart, note)
+        _put(self._full, key, run)
+        return run
+
+    def _fastv_run(self, key: tuple, inputs: dict[str, Any], pruner: FastV, s: Settings) -> Answer:
+        fkey = (key, s)
+        if fkey in self._fastv:
+            self._fastv.move_to_end(fkey)
+            return self._fastv[fkey]
+        result = answer(self.model, self.processor, inputs, pruner, self.max_new_tokens)
+        self.calls["fastv"] += 1
+        if result.stats is None:
+            raise FastVError("FastV recorded no statistics: the prompt held no visual tokens")
+        _put(self._fastv, fkey, result)
+        return result
+
+    def _allocation(self, inputs: dict[str, Any], key: tuple) -> tuple[Path | None, str]:
+        """The per-layer attention allocation chart (fastv.analysis + fastv.plots) of the full model."""
+        if self.num_layers < 2:
+            return None, "the attention chart needs a language model with at least 2 layers"
+        from fastv.analysis import analyze
+        from fastv.plots import plot_allocation
+
+        name = hashlib.sha1(repr(key).encode()).hexdigest()[:16]
+        try:
+            result = analyze(self.model, inputs, k=1, ratio=0.5)
+            return plot_allocation(result, self._dir / f"allocation-{name}.png"), ""
+        except Exception as err:  # the chart is an extra: the answers still count
+            log.exception("attention analysis failed")
+            return None, f"(no attention chart: {err})"
+
+    def _masked(
+        self, inputs: dict[str, Any], fast: Answer, images: list[Image.Image], frames: list[Image.Image] | None
+    ) -> Image.Image:
+        from fastv.analysis import visual_layout
+
+        panels = visual_layout(self.model, inputs["input_ids"][:1].cpu(), inputs)[0]
+        kept = fast.stats.kept_positions[0].tolist()
+        pictures = self._pictures(inputs, panels, images, frames or [])
+        tiles = []
+        for panel, picture in list(zip(panels, pictures, strict=True))[:VIDEO_FRAMES]:
+            grid = overlay.kept_grid(panel.positions, panel.shape, kept)
+            tiles.append(overlay.grey_out(picture, grid, display=384 if len(panels) == 1 else 192))
+        if not tiles:
+            raise FastVError("the prompt held no visual tokens to show")
+        return overlay.side_by_side(tiles)
+
+    def _pictures(self, inputs: dict[str, Any], panels: list, images: list[Image.Image], frames: list[Image.Image]):
+        """Per panel, the picture under its token grid: the processed pixels when they are a plain
+        (N, 3, H, W) tensor (LLaVA), else the upload resized to the grid's aspect."""
+        pixels = inputs.get("pixel_values")
+        ip = getattr(self.processor, "image_processor", None)
+        mean, std = getattr(ip, "image_mean", None), getattr(ip, "image_std", None)
+        exact = isinstance(pixels, torch.Tensor) and pixels.ndim == 4 and self.model.config.model_type == "llava"
+        out, g = [], 0
+        for p in panels:
+            if exact and p.kind == "image" and g < pixels.shape[0]:
+                out.append(overlay.unnormalize(pixels[g], mean, std))
+                g += 1
+                continue
+            source = images if p.kind == "image" else frames
+            pic = source[min(p.index if p.frame is None else p.frame, len(source) - 1)] if source else None
+            rows, cols = p.shape
+            size = (max(cols, 1) * 16, max(rows, 1) * 16)
+            out.append(pic.resize(size) if pic is not None else Image.new("RGB", size, (200, 200, 200)))
+        return out
+
+    def _flops(self, stats: Any, k: int) -> Flops:
+        config = self.model.config
+        shape = TextShape.from_config(config)
+        report = prefill_report(shape, stats.layer_seq_lens)
+        n, n_hat, layers = stats.prompt_len, stats.layer_seq_lens[-1], shape.num_layers
+
+        def theory(tokens: int) -> float:
+            return theory_layer_flops(tokens, shape.hidden, shape.intermediate)
+
+        try:
+            v = vision_flops(config, sum(stats.num_visual))
+            vision = (v.tower + v.projector) or None
+        except Exception:  # an unusual vision config: show the language model only
+            vision = None
+        return Flops(
+            llm_full=report.full,
+            llm_fastv=report.pruned,
+            theory_full=layers * theory(n),
+            theory_fastv=k * theory(n) + (layers - k) * theory(n_hat),
+            vision=vision,
+        )
+
+
+def _put(cache: OrderedDict, key: Any, value: Any) -> None:
+    cache[key] = value
+    while len(cache) > CACHE_SIZE:
+        cache.popitem(last=False)
