@@ -6,6 +6,14 @@ from fastv.families import FAMILIES, resolve
 from fastv.methods import METHODS, FastV, FastVMean, Method, make
 from fastv.stats import PruneStats
 
+
+def load_default(*args, **kwargs):
+    """The shipped default model and its processor (see `fastv.default_model.load_default`)."""
+    from fastv.default_model import load_default as _load
+
+    return _load(*args, **kwargs)
+
+
 __all__ = [
     "FAMILIES",
     "METHODS",
@@ -17,6 +25,7 @@ __all__ = [
     "PruneHandle",
     "PruneStats",
     "UnsupportedModelError",
+    "load_default",
     "resolve",
 ]
 __version__ = "0.1.0"

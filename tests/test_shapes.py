@@ -1,0 +1,121 @@
+"""The shapes world is deterministic, its splits are disjoint, and its answers are right."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from fastv.datasets import shapes
+
+
+def test_same_seed_same_scene_and_pixels():
+    for seed in (0, 7, shapes.split_seed("test", 3)):
+        a, b = shapes.make_scene(seed), shapes.make_scene(seed)
+        assert a == b
+        assert shapes.render(a).tobytes() == shapes.render(b).tobytes()
+    assert shapes.make_scene(1) != shapes.make_scene(2)
+
+
+def test_eval_samples_are_deterministic_and_cover_all_kinds():
+    a = shapes.eval_samples("test", 5)
+    assert a == shapes.eval_samples("test", 5)
+    assert len(a) == 5 * len(shapes.KINDS)
+    assert {s.kind for s in a} == set(shapes.KINDS)
+
+
+def test_splits_use_disjoint_seeds():
+    n = 1000
+    seeds = {split: {shapes.split_seed(split, i) for i in range(n)} for split in shapes.SPLITS}
+    assert not seeds["train"] & seeds["validation"]
+    assert not seeds["train"] & seeds["test"]
+    assert not seeds["validation"] & seeds["test"]
+    # The ranges themselves cannot meet, whatever the index.
+    assert shapes.split_seed("train", 999_999_999) < shapes.split_seed("validation", 0)
+    with pytest.raises(ValueError):
+        shapes.split_seed("train", 1_000_000_000)
+
+
+def test_scene_contents():
+    for i in range(200):
+        scene = shapes.make_scene(i)
+        assert shapes.MIN_OBJECTS <= len(scene.objects) <= shapes.MAX_OBJECTS
+        assert len({o.cell for o in scene.objects}) == len(scene.objects)
+        for o in scene.objects:
+            col, row = shapes.COLUMNS.index(o.cell[0]), int(o.cell[1]) - 1
+            half = shapes.SIZES[o.size] / 2
+            # The object stays inside its own cell, so a cell name pins down a few patches.
+            assert col * shapes.CELL_SIZE <= o.cx - half and o.cx + half < (col + 1) * shapes.CELL_SIZE
+            assert row * shapes.CELL_SIZE <= o.cy - half and o.cy + half < (row + 1) * shapes.CELL_SIZE
+
+
+def test_render_size_and_colours():
+    scene = shapes.make_scene(11)
+    img = shapes.render(scene)
+    assert img.size == (shapes.IMAGE_SIZE, shapes.IMAGE_SIZE) and img.mode == "RGB"
+    px = np.asarray(img)
+    for o in scene.objects:
+        assert tuple(px[o.cy, o.cx]) == shapes.COLORS[o.color]
+    assert shapes.render(scene, size=192).size == (192, 192)
+
+
+def test_objects_cover_few_patches():
+    # The point of the world: an answer lives in a few of the 144 visual tokens.
+    for i in range(50):
+        scene = shapes.make_scene(i)
+        owners = shapes.patch_objects(scene)
+        assert owners.shape == (144,)
+        for k in range(1, len(scene.objects) + 1):
+            assert 1 <= (owners == k).sum() <= 9
+
+
+def test_answers_are_consistent_with_the_scene():
+    words = set(shapes.WORDS)
+    for i in range(100):
+        scene = shapes.make_scene(i)
+        rng = random.Random(i)
+        for kind in shapes.KINDS:
+            qa = shapes.ask(scene, kind, rng)
+            assert set(qa.question.split()) <= words and set(qa.answer.split()) <= words
+            cell = qa.question.split()[-1]
+            if kind == "color":
+                assert scene.at(cell).color == qa.answer
+            elif kind == "shape":
+                assert scene.at(cell).shape == qa.answer
+            elif kind == "describe":
+                o = scene.at(cell)
+                assert qa.answer == f"{o.size} {o.color} {o.shape}"
+            elif kind == "count":
+                word = qa.question.split()[1]
+                assert int(qa.answer) == sum(word in (o.color, o.shape) for o in scene.objects)
+            elif kind == "exists":
+                name = " ".join(qa.question.split()[1:])
+                assert (qa.answer == "yes") == any(o.name == name for o in scene.objects)
+
+
+def test_relative_position_answers():
+    scene = shapes.Scene(
+        0,
+        (
+            shapes.Obj("a1", "red", "circle", "small", 12, 12),
+            shapes.Obj("b1", "blue", "square", "large", 36, 12),
+            shapes.Obj("b2", "green", "diamond", "small", 36, 36),
+        ),
+    )
+    rng = random.Random(0)
+    seen = {}
+    for _ in range(300):
+        for kind in ("left", "above"):
+            qa = shapes.ask(scene, kind, rng)
+            seen[qa.question] = qa.answer
+    assert seen["left of b1"] == "red circle"
+    assert seen["above b2"] == "blue square"
+    assert seen["left of b2"] == "none"
+    assert "left of a1" not in seen and "above b1" not in seen  # no neighbour there: never asked
+
+
+def test_kinds_are_balanced_in_training_questions():
+    qas = shapes.questions(shapes.make_scene(3), 14)
+    kinds = [q.kind for q in qas]
+    assert all(kinds.count(k) == 2 for k in shapes.KINDS)

@@ -1,0 +1,49 @@
+"""Write the README's example scenes (`src/fastv/examples/`): PNGs from the test split plus prompts.
+
+python training/make_examples.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from fastv.datasets import shapes  # noqa: E402
+
+OUT = ROOT / "src" / "fastv" / "examples"
+# (test-split index, question kinds asked about it)
+PICKS = (
+    (0, ("color", "describe", "left")),
+    (1, ("shape", "exists", "above")),
+    (2, ("describe", "count")),
+    (3, ("color", "exists")),
+)
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    items = []
+    for index, kinds in PICKS:
+        seed = shapes.split_seed("test", index)
+        scene = shapes.make_scene(seed)
+        name = f"scene_{index}.png"
+        shapes.render(scene).save(OUT / name)
+        # The same questions as the test split's evaluation (`shapes.eval_samples`) asks about this scene.
+        for s in shapes.eval_samples("test", 1, kinds=shapes.KINDS, start=index):
+            if s.kind in kinds:
+                items.append({"image": name, "seed": seed, "kind": s.kind, "prompt": s.question, "answer": s.answer})
+    doc = {
+        "about": "Scenes of the shapes world (fastv.datasets.shapes, test split) for fastv's default model. "
+        "Cells are a1..d4: column letter left to right, row number top to bottom.",
+        "examples": items,
+    }
+    (OUT / "examples.json").write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {len(items)} examples to {OUT}")
+
+
+if __name__ == "__main__":
+    main()
