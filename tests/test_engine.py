@@ -298,5 +298,7 @@ def test_beam_search_drop_equals_mask():
     outs = []
     for mode in ("drop", "mask"):
         with FastV(k=2, mode=mode).apply(model):
-            outs.append(model.generate(**inputs, max_new_tokens=6, num_beams=3, num_return_sequences=2, do_sample=False))
+            outs.append(
+                model.generate(**inputs, max_new_tokens=6, num_beams=3, num_return_sequences=2, do_sample=False)
+            )
     assert torch.equal(outs[0], outs[1]) and outs[0].shape[0] == 4
