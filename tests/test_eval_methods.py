@@ -208,3 +208,14 @@ def test_unknown_method_or_impossible_budget_fails_up_front(tiny, tmp_path):
     out = " ".join(res.output.split())
     assert res.exit_code == 2 and "divprune keep=20" in out and "cannot keep 20" in out, res.output
     assert not (tmp_path / "c" / "shards").exists()  # refused before any pair ran
+
+
+def test_summary_covers_settings_added_by_later_runs(tiny, tmp_path):
+    folder, out = tiny[0], tmp_path / "grow"
+    common = ["--model", str(folder), "--data", DATA, "--keep", "4", "--out", str(out)]
+    common += ["--max-new-tokens", str(MAX_NEW), "--cpu", "--no-progress"]
+    assert _eval_cli(*common, "--method", "pool").exit_code == 0
+    res = _eval_cli(*common, "--method", "divprune")
+    assert res.exit_code == 0, res.output
+    names = [r["setting"] for r in json.loads((out / "summary.json").read_text())]
+    assert names == [FULL, "divprune keep=4", "pool keep=4"]

@@ -84,8 +84,11 @@ def evaluate(
     dist.barrier()
     if not dist.is_main:
         return None
+    ids = [s.id for s in samples]
     names = [s.name for s in settings]
-    records = store.records(names, [s.id for s in samples])
+    # A folder can grow over several runs (more methods, budgets): report every setting it holds.
+    names += [n for n in dict.fromkeys(r["setting"] for r in store.records(samples=ids)) if n not in names]
+    records = store.records(names, ids)
     files = [store.write_merged(records)]
     rows = summarize(records, names)
     files += write_summary(rows, out)
