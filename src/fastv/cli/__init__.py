@@ -9,14 +9,7 @@ app = typer.Typer(help="FastV: prune visual tokens inside vision-language models
 
 def _register() -> None:
     # One import per verb module; each module adds its command(s) to `app`.
-    from fastv.cli import (  # noqa: F401
-        analyze,  # noqa: F401
-        bench,
-        demo,  # noqa: F401
-        flops,
-        generate,  # noqa: F401
-        methods,  # noqa: F401
-    )
+    from fastv.cli import analyze, bench, demo, flops, generate, methods  # noqa: F401
     from fastv.cli import eval as _eval  # noqa: F401
 
 

@@ -111,3 +111,13 @@ def factor_grid(keep: int, grid: tuple[int, int], method: str) -> tuple[int, int
         )
     target = math.log(h / w)
     return min(pairs, key=lambda p: (abs(math.log(p[0] / p[1]) - target), -p[0]))
+
+
+def run_subgrid(run: ImageRun, keep: int, method: str) -> tuple[int, int]:
+    """The rows x cols sub-grid a grid method lays `keep` tokens of one image out on."""
+    if run.grid is None:
+        raise UnsupportedModelError(
+            f"{method}: image {run.index} of sample {run.sample} has no known grid (video frames keep a "
+            f"CLS token); supported: {GRID_SUPPORT}"
+        )
+    return factor_grid(keep, run.grid, method)

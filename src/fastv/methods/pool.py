@@ -17,10 +17,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fastv.errors import UnsupportedModelError
 from fastv.families import Adapter
 from fastv.methods.base import Method, Stage, StageContext
-from fastv.methods.grid import GRID_SUPPORT, ImageRun, factor_grid, require_grid
+from fastv.methods.grid import ImageRun, factor_grid, require_grid, run_subgrid
 from fastv.methods.per_image import Choice, PerImageStage
 
 
@@ -49,15 +48,10 @@ class Pool(Method):
         return [PerImageStage(self.name, self.choose).stage(0, merging=True)]
 
     def choose(self, ctx: StageContext, run: ImageRun, alive: torch.Tensor) -> Choice:
-        if run.grid is None:
-            raise UnsupportedModelError(
-                f"{self.name}: image {run.index} of sample {run.sample} has no known grid (video frames keep a "
-                f"CLS token); supported: {GRID_SUPPORT}"
-            )
         k = self.keep_count(run.size)
         if k == 0:
             return Choice(alive[:0])
-        rows, cols = factor_grid(k, run.grid, self.name)
+        rows, cols = run_subgrid(run, k, self.name)
         h, w = run.grid
         rel = torch.searchsorted(ctx.rows[run.sample].contiguous(), run.positions.contiguous())
         feats = ctx.hidden[run.sample, rel]  # (h*w, H), row-major

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
-from fastv.errors import FastVError, UnsupportedModelError
+from fastv.errors import FastVError
 from fastv.families import Adapter
 from fastv.methods.base import Method, Stage, StageContext
-from fastv.methods.grid import GRID_SUPPORT, ImageRun, factor_grid, require_grid
+from fastv.methods.grid import ImageRun, factor_grid, require_grid, run_subgrid
 from fastv.methods.per_image import Choice, PerImageStage, top
 
 
@@ -78,13 +78,8 @@ class Uniform(_LayerChoice):
         return super().stages(adapter)
 
     def choose(self, ctx: StageContext, run: ImageRun, alive: torch.Tensor) -> Choice:
-        if run.grid is None:
-            raise UnsupportedModelError(
-                f"{self.name}: image {run.index} of sample {run.sample} has no known grid (video frames keep a "
-                f"CLS token); supported: {GRID_SUPPORT}"
-            )
         k = self.keep_count(run.size)
         if k == 0:
             return Choice(alive[:0])
-        rows, cols = factor_grid(k, run.grid, self.name)
+        rows, cols = run_subgrid(run, k, self.name)
         return Choice(run.positions[even_cells(rows, cols, run.grid).to(run.positions.device)])
