@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from tiny_llava import GRID, IMAGE_TOKEN, PAD, VOCAB, tiny_llava
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import CLIPImageProcessor, LlavaProcessor, PreTrainedTokenizerFast
+
+from fastv.word_tokenizer import word_level_tokenizer
 
 SPECIALS = {"<pad>": PAD, "<s>": 1, "</s>": 2, "<unk>": 3, "<image>": IMAGE_TOKEN}
 WORDS = (
@@ -46,20 +47,7 @@ def _vocab() -> dict[str, int]:
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.WordLevel(vocab=_vocab(), unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        extra_special_tokens={"image_token": "<image>"},
-        padding_side="left",
-        clean_up_tokenization_spaces=False,
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
+    return word_level_tokenizer(_vocab(), CHAT_TEMPLATE)
 
 
 def tiny_processor() -> LlavaProcessor:

@@ -6,7 +6,6 @@ one token, which lets a small language model look a cell up in one attention ste
 
 from __future__ import annotations
 
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     CLIPImageProcessor,
     CLIPVisionConfig,
@@ -18,6 +17,7 @@ from transformers import (
 )
 
 from fastv.datasets import shapes
+from fastv.word_tokenizer import word_level_tokenizer
 
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
 NUM_IMAGE_TOKENS = (shapes.IMAGE_SIZE // shapes.PATCH_SIZE) ** 2
@@ -40,20 +40,7 @@ CHAT_TEMPLATE = (
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
     vocab = {w: i for i, w in enumerate((*SPECIALS, *shapes.WORDS))}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        extra_special_tokens={"image_token": "<image>"},
-        padding_side="left",
-        clean_up_tokenization_spaces=False,
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
+    return word_level_tokenizer(vocab, CHAT_TEMPLATE)
 
 
 def build_processor() -> LlavaProcessor:

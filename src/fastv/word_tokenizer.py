@@ -1,0 +1,28 @@
+"""Word-level tokenizers built offline, for models whose vocabulary is a fixed list of words.
+
+The default model (trained on the shapes world) and the tests' tiny models both need a real
+tokenizer that `AutoProcessor` can save and load, without downloading one: each word is one token.
+"""
+
+from __future__ import annotations
+
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+
+def word_level_tokenizer(vocab: dict[str, int], chat_template: str) -> PreTrainedTokenizerFast:
+    """Whitespace-split words -> ids; `vocab` must hold <pad>, <s>, </s>, <unk> and <image>."""
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image>"},
+        padding_side="left",  # FastV scores with the last prompt token: it must be the last column
+        clean_up_tokenization_spaces=False,
+    )
+    fast.chat_template = chat_template
+    return fast
