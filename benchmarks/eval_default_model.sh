@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Accuracy of the shipped default model under FastV and the other methods (README tables).
+# Resumable: rerun to continue. Outputs: benchmarks/results/default_model/{fastv,methods}/
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=benchmarks/results/default_model
+DATA=shapes:test:30          # 30 test scenes x 7 question kinds = 210 samples (~20 min on 2 cores)
+COMMON=(--model default --data "$DATA" --max-new-tokens 4 --no-progress)
+
+# Issue 5: FastV at K in {1,2,3}, R in {25,50,75,90}%, next to random pruning at the same budget.
+fastv eval "${COMMON[@]}" --k 1,2,3 --ratio 0.25,0.5,0.75,0.9 --scorer last_token,random --out "$OUT/fastv"
+
+# Issue 10: every method at 1/3, 2/9 and 1/9 of the 144 visual tokens (the field's 192/128/64 of 576).
+fastv eval "${COMMON[@]}" --method fastv,fastv_mean --k 2 --keep 48,32,16 --out "$OUT/methods"
+fastv eval "${COMMON[@]}" --method random,uniform,pool,divprune,visionzip --keep 48,32,16 --out "$OUT/methods"
+# pdrop's first cut is layer L/4 = 1 of 6, so its layer-average budget cannot go below 144/6 = 24.
+fastv eval "${COMMON[@]}" --method pdrop --keep 48,32 --out "$OUT/methods"
