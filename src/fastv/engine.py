@@ -279,7 +279,10 @@ class PruneHandle:
             call.input_ids, call.visual, alive, hidden, rows, gen, self.adapter, *attention, extra=self.extra
         )
         scores = stage.score(ctx)
-        sel = select(scores, alive, stage.keep, None if prev is None else prev.keep_mask, rows if drop else None)
+        keep = stage.keep
+        if isinstance(scores, tuple):
+            scores, keep = scores
+        sel = select(scores, alive, keep, None if prev is None else prev.keep_mask, rows if drop else None)
         self._done.append(sel)
         if drop:
             if stage.merge is not None:

@@ -8,7 +8,7 @@ samples up with "filler" slots taken from tokens they drop, masked out of attent
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,11 +29,13 @@ class Selection:
 def select(
     scores: torch.Tensor,
     candidates: torch.Tensor,
-    keep_count: Callable[[int], int],
+    keep_count: Callable[[int], int] | Sequence[int],
     present: torch.Tensor | None = None,
     rows: torch.Tensor | None = None,
 ) -> Selection:
     """Keep the `keep_count(n)` best-scoring of each sample's n candidate (visual) positions.
+
+    keep_count may instead be a count per sample (methods that budget per image decide it).
 
     scores, candidates: (B, L) over original positions. present: positions still computed before
     this stage (default all); rows: (B, Lc) the rows computed now, from which fillers are taken.
@@ -44,7 +46,7 @@ def select(
     for b in range(batch):
         vis = candidates[b].nonzero().squeeze(1)
         n = vis.numel()
-        k = keep_count(n)
+        k = keep_count[b] if isinstance(keep_count, Sequence) else keep_count(n)
         if not 0 <= k <= n:
             raise FastVError(f"cannot keep {k} visual tokens: sample {b} has only {n}; lower `keep`")
         top = scores[b, vis].float().topk(k).indices if k else vis[:0]

@@ -49,7 +49,9 @@ class StageContext:
 class Stage:
     layer: int  # pruning happens as this decoder layer starts (0: before the language model)
     keep: Callable[[int], int]  # visual tokens alive -> visual tokens kept
-    score: Callable[[StageContext], torch.Tensor]  # (B, L) over original positions; higher is kept
+    # (B, L) over original positions, higher is kept; or (scores, kept count per sample) for
+    # methods whose budget is not a function of the sample's visual-token count (per image)
+    score: Callable[[StageContext], torch.Tensor | tuple[torch.Tensor, list[int]]]
     attention_rows: Rows | None = None  # query rows whose attention at layer-1 the score needs
     merge: Callable[[StageContext, Selection], torch.Tensor] | None = None  # new hidden rows (B, L', H)
 

@@ -2,10 +2,9 @@
 
 The engine keeps `keep(n)` of a sample's n alive visual tokens, ranked by the stage's scores. Our
 methods choose per image instead (the field's "192 tokens per image"), so a `PerImageStage`
-chooses inside each image, marks the chosen tokens with score 1 (the rest 0) and hands the engine
-each sample's total through `keep`, which the engine calls once per sample, in batch order, right
-after scoring. Merging methods also give new features for some kept positions; `merge` writes
-them into the kept rows (drop mode only).
+chooses inside each image, marks the chosen tokens with score 1 (the rest 0) and returns each
+sample's total with the scores. Merging methods also give new features for some kept positions;
+`merge` writes them into the kept rows (drop mode only).
 """
 
 from __future__ import annotations
@@ -38,15 +37,15 @@ class PerImageStage:
 
     def __init__(self, name: str, choose: Choose) -> None:
         self.name, self.choose = name, choose
-        self._pending: list[tuple[int, int]] = []
         self._replace: list[tuple[int, torch.Tensor, torch.Tensor]] = []
 
     def stage(self, layer: int, attention_rows=None, merging: bool = False) -> Stage:
         return Stage(layer, self.keep, self.score, attention_rows, self.merge if merging else None)
 
-    def score(self, ctx: StageContext) -> torch.Tensor:
+    def score(self, ctx: StageContext) -> tuple[torch.Tensor, list[int]]:
         out = torch.zeros(ctx.visual.shape, device=ctx.visual.device)
-        self._pending, self._replace = [], []
+        totals: list[int] = []
+        self._replace = []
         for b, runs in enumerate(image_runs(ctx.input_ids, ctx.visual, ctx.adapter)):
             total = 0
             for run in runs:
@@ -62,16 +61,11 @@ class PerImageStage:
                 total += k
                 if choice.replace is not None and choice.replace.numel():
                     self._replace.append((b, choice.replace, choice.features))
-            self._pending.append((int(ctx.alive[b].sum()), total))
-        return out
+            totals.append(total)
+        return out, totals
 
     def keep(self, n_alive: int) -> int:
-        if not self._pending:
-            raise FastVError(f"{self.name}: keep() called before the stage scored this batch")
-        n, k = self._pending.pop(0)
-        if n != n_alive:
-            raise FastVError(f"{self.name}: engine asked about {n_alive} visual tokens, the stage saw {n}")
-        return k
+        raise FastVError(f"{self.name}: per-image stages return their counts with their scores")
 
     def merge(self, ctx: StageContext, sel: Selection) -> torch.Tensor:
         hidden = ctx.hidden
