@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
+from rich.console import Console
 
 app = typer.Typer(help="FastV: prune visual tokens inside vision-language models.", no_args_is_help=True)
+
+
+def make_console() -> Console:
+    """Rich console; when piped (no terminal width to read), wide enough for our tables."""
+    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def _register() -> None:

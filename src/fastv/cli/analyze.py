@@ -11,14 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from fastv.cli import app
+from fastv.cli import app, make_console
 from fastv.errors import FastVError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-console = Console()
+console = make_console()
 
 
 def _parse_layers(text: str | None) -> list[int] | None:

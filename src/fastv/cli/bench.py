@@ -6,10 +6,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markdown import Markdown
 
-from fastv.cli import app
+from fastv.cli import app, make_console
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -39,7 +38,7 @@ def bench_cmd(
     """Time the full model and FastV(K, R), alternating in one process; write JSON + PNG + table."""
     from fastv import benchmark as B
 
-    console = Console()
+    console = make_console()
     suites = list(B.SUITES) if suite == "all" else [suite]
     for s in suites:
         if s not in B.SUITES:

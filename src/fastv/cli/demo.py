@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 
 import typer
-from rich.console import Console
 
-from fastv.cli import app
+from fastv.cli import app, make_console
 from fastv.errors import FastVError
 
 
@@ -20,7 +19,7 @@ def demo(
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
 ) -> None:
     """Start the demo (needs the `demo` extra: pip install 'fastv-lvlm[demo]'); Ctrl+C stops it."""
-    console = Console()
+    console = make_console()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo never downloads: local models only
     try:
         from fastv.demo.app import serve

@@ -8,10 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from fastv.cli import app
+from fastv.cli import app, make_console
 from fastv.errors import FastVError
 
 DEFAULT_RATIOS = (0.0, 0.25, 0.5, 0.75, 0.9)
@@ -60,8 +59,7 @@ def eval_cmd(
     from fastv.eval.report import table_cells
     from fastv.eval.settings import method_grid, parse_list
 
-    console = Console()
-    console.width = max(console.width, 150)  # the table is wide; let it wrap rather than squeeze cells
+    console = make_console()
     try:
         keeps = parse_list(keep, int, "keep") if keep is not None else []
         ratios = parse_list(ratio, float, "ratio") if ratio is not None else [] if keeps else list(DEFAULT_RATIOS)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from fastv import flops as F
-from fastv.cli import app
+from fastv.cli import app, make_console
 from fastv.model_shapes import KNOWN_SHAPES
 
 
@@ -76,7 +75,7 @@ def flops_cmd(
 ) -> None:
     """Prefill FLOPs with and without FastV: exact count (GQA, gated MLP, LM head, vision tower apart)
     and the paper's formula. With --budget, the mildest (K, R) per K that fits a FLOPs budget."""
-    console = Console()
+    console = make_console()
     if list_models:
         console.print(_known_table())
         return

@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-from fastv.cli import app
+from fastv.cli import app, make_console
 from fastv.engine import FastV
 from fastv.errors import FastVError
 from fastv.generate import answer
@@ -43,7 +42,7 @@ def generate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
     """Print the answer and what FastV kept: visual tokens kept / total and sequence length per layer."""
-    console = Console()
+    console = make_console()
     try:
         pruner = None if no_fastv else FastV(k=k, ratio=ratio, keep=keep, scorer=scorer)
         if not image and video is None:

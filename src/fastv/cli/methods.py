@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from rich.console import Console
 from rich.table import Table
 
-from fastv.cli import app
+from fastv.cli import app, make_console
 from fastv.methods import ABOUT, METHODS
 
 
@@ -18,4 +17,4 @@ def methods_cmd() -> None:
     for name in METHODS:
         a = ABOUT[name]
         table.add_row(name, a.paper, a.where, a.budget, a.families)
-    Console().print(table)
+    make_console().print(table)
