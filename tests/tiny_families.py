@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 import transformers as tf
+from tiny_llava import left_pad
 
 VOCAB = 256
 PAD = 0
@@ -54,20 +55,10 @@ def _ids(segments: list[Segment], g: torch.Generator) -> list[int]:
     return out
 
 
-def _left_pad(prompts: list[list[int]]) -> dict[str, torch.Tensor]:
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), PAD)
-    mask = torch.zeros(len(prompts), width, dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p) :] = torch.tensor(p)
-        mask[i, width - len(p) :] = 1
-    return {"input_ids": ids, "attention_mask": mask}
-
-
 def _prompts(per_sample: list[list[Segment]], seed: int) -> dict[str, torch.Tensor]:
     """Text before, between and after the visual runs; the last token is always text."""
     g = torch.Generator().manual_seed(seed)
-    return _left_pad([_ids(segs, g) for segs in per_sample])
+    return left_pad([_ids(segs, g) for segs in per_sample])
 
 
 def _randn(*shape: int, seed: int = 1) -> torch.Tensor:

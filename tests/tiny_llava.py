@@ -61,14 +61,21 @@ def prompt(pre: int, post: int, images: int = 1, seed: int = 0, between: int = 3
     return ids
 
 
-def batch(prompts: list[list[int]], seed: int = 0) -> dict[str, torch.Tensor]:
-    """Left-padded batch with pixel values for every image in every prompt."""
+def left_pad(prompts: list[list[int]]) -> dict[str, torch.Tensor]:
+    """input_ids and attention_mask of prompts padded on the left (FastV reads the last column)."""
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), PAD)
     mask = torch.zeros(len(prompts), width, dtype=torch.long)
     for i, p in enumerate(prompts):
         ids[i, width - len(p) :] = torch.tensor(p)
         mask[i, width - len(p) :] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def batch(prompts: list[list[int]], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Left-padded batch with pixel values for every image in every prompt."""
+    padded = left_pad(prompts)
+    ids, mask = padded["input_ids"], padded["attention_mask"]
     n_images = int((ids == IMAGE_TOKEN).sum()) // (GRID * GRID)
     g = torch.Generator().manual_seed(seed)
     pixels = torch.randn(n_images, 3, 28, 28, generator=g)
