@@ -49,7 +49,6 @@ class PruneHandle:
     def __init__(self, method: Method, model: torch.nn.Module) -> None:
         adapter = resolve(model)
         self.method = method
-        self.pruner = method  # the settings object, under the name the FastV API used first
         self.adapter: Adapter = adapter
         self.model = model
         self.stats: PruneStats | None = None
