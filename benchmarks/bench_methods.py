@@ -35,51 +35,13 @@ if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:  # freed activations must l
 import torch  # noqa: E402
 
 from fastv import FastVError, flops  # noqa: E402
-from fastv.benchmark import PeakRSS  # noqa: E402
+from fastv.benchmark import BenchConfig, PeakRSS, build_inputs, build_model  # noqa: E402
 from fastv.methods import make  # noqa: E402
-from fastv.model_shapes import KNOWN_SHAPES, build_config  # noqa: E402
 
 OUT = Path(__file__).parent / "results"
 METHODS = ("fastv", "pdrop", "random", "uniform", "pool", "divprune", "visionzip")
 PRE_LM = {"random", "uniform", "pool", "divprune", "visionzip"}
 N_TEXT = 40
-
-
-def build(layers: int, seed: int = 0):
-    """The LLaVA-1.5-7B-shaped bf16 model, initialised quickly (normal(0, 0.02), norms at 1)."""
-    from transformers import AutoModelForImageTextToText
-    from transformers.initialization import no_init_weights
-
-    shape = KNOWN_SHAPES["llava-1.5-7b"]
-    text = {**shape.text, "num_hidden_layers": layers}
-    vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                  image_size=48, patch_size=2)  # fmt: skip
-    config = build_config("llava", text, vision, shape.extra)
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with no_init_weights():
-            model = AutoModelForImageTextToText.from_config(config, attn_implementation="sdpa")
-    finally:
-        torch.set_default_dtype(old)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name and p.ndim == 1:
-                p.fill_(1.0)
-            elif name.endswith("bias"):
-                p.zero_()
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
-    return model.eval(), config
-
-
-def inputs_for(config, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    text = torch.randint(100, 1000, (N_TEXT,), generator=g)
-    ids = torch.cat([text[:4], torch.full((576,), config.image_token_id), text[4:]])[None]
-    pixels = torch.randn(1, 3, 48, 48, generator=g).to(torch.bfloat16)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels}
 
 
 def timed(model, inputs, handle=None) -> tuple[float, int, list[int] | None]:
@@ -107,8 +69,10 @@ def settings(keeps: list[int]):
 
 def run(layers: int, rounds: int, keeps: list[int]) -> dict:
     t0 = time.time()
-    model, config = build(layers)
-    inputs = inputs_for(config)
+    cfg = BenchConfig(model="llava-1.5-7b", layers=layers, n_text=N_TEXT, vision_layers=2)
+    model, _ = build_model(cfg)  # the same LLaVA-1.5-7B-shaped random model `fastv bench` times
+    inputs, _ = build_inputs(model, cfg)
+    config = model.config
     text_config, n_layers = config.text_config, layers
     built = time.time() - t0
     methods, skipped = {}, {}

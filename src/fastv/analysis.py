@@ -26,6 +26,7 @@ from fastv.attention_tap import install, query_attention
 from fastv.engine import FastV
 from fastv.errors import FastVError
 from fastv.families import Adapter, resolve
+from fastv.overlay import unnormalize
 from fastv.selection import select
 
 GROUPS = ("system", "visual", "interleaved", "instruction", "output")
@@ -526,7 +527,7 @@ def _pictures(
         for b, panels in enumerate(layouts):
             for p in panels:
                 if p.kind == "image" and g < pixels.shape[0]:
-                    out[b][("image", p.index)] = [_unnormalize(pixels[g], mean, std)]
+                    out[b][("image", p.index)] = [np.asarray(unnormalize(pixels[g], mean, std))]
                     g += 1
         return out
     if images is not None:
@@ -538,21 +539,9 @@ def _pictures(
     return out
 
 
-def _norm(processor: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
+def _norm(processor: Any) -> tuple[Any, Any]:
     ip = getattr(processor, "image_processor", None)
-    mean, std = getattr(ip, "image_mean", None), getattr(ip, "image_std", None)
-    if mean is None or std is None:
-        return None, None
-    return np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
-
-
-def _unnormalize(pixels: torch.Tensor, mean: np.ndarray | None, std: np.ndarray | None) -> np.ndarray:
-    x = pixels.float().cpu().numpy().transpose(1, 2, 0)
-    if mean is not None and std is not None:
-        x = x * std + mean
-    else:  # unknown normalisation: stretch to [0, 1]
-        x = (x - x.min()) / max(float(x.max() - x.min()), 1e-6)
-    return (np.clip(x, 0, 1) * 255).astype(np.uint8)
+    return getattr(ip, "image_mean", None), getattr(ip, "image_std", None)
 
 
 # ---- aggregation ------------------------------------------------------------------------------

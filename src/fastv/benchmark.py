@@ -41,6 +41,7 @@ class BenchConfig:
     overhead_k: int = 2  # FastV at ratio 0 with this K measures the pure overhead
     n_text: int = 40
     frames: int | None = None  # a video of this many frames (video models)
+    vision_layers: int = 1  # tiny LLaVA towers; 2 lets VisionZip read attention at vision_feature_layer=-2
     repeats: int = 5
     warmup: int = 1
     new_tokens: int = 3
@@ -124,6 +125,9 @@ def build_model(cfg: BenchConfig) -> tuple[torch.nn.Module, str]:
             head_dim = text["hidden_size"] // text["num_attention_heads"]
             text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": _mrope(head_dim)}
         vision = {**_tiny_vision(shape.model_type, cfg.frames), **_qwen_out(shape)}
+        if shape.model_type in ("llava", "llava_next", "video_llava"):
+            vision["num_hidden_layers"] = cfg.vision_layers
+        vision_layers = vision.get("num_hidden_layers", vision.get("depth"))
         config = build_config(shape.model_type, text, vision, shape.extra)
         torch.manual_seed(cfg.seed)
         with _default_dtype(dtype):
@@ -133,7 +137,7 @@ def build_model(cfg: BenchConfig) -> tuple[torch.nn.Module, str]:
             f"random-weight {shape.name} shape ({shape.hf_id}): language model at full width, "
             f"{depth} of {full_layers} layers"
             + (" (depth truncated)" if depth < full_layers else "")
-            + "; 1-layer tiny vision tower with the real visual-token count"
+            + f"; {vision_layers}-layer tiny vision tower with the real visual-token count"
         )
     else:
         from transformers import AutoModelForImageTextToText

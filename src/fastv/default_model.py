@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from fastv.loading import chat_text
+
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -38,18 +40,12 @@ def load_default(dtype: torch.dtype = torch.float32, path: str | Path = DEFAULT_
     return model, processor
 
 
-def build_prompt(processor, question: str) -> str:
-    """The user's prompt for one image and one question, through the processor's chat template."""
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    return processor.apply_chat_template(messages, add_generation_prompt=True)
-
-
 @torch.inference_mode()
 def answer(
     model, processor, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 4
 ) -> list[str]:
     """Greedy answers to one question per image, batched (left padding), the way a user runs it."""
-    prompts = [build_prompt(processor, q) for q in questions]
+    prompts = [chat_text(processor, q, n_images=1, video=False) for q in questions]
     inputs = processor(images=list(images), text=prompts, return_tensors="pt", padding=True)
     inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)

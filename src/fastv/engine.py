@@ -21,6 +21,7 @@ from fastv import attention_tap, masks
 from fastv.attention_tap import query_attention
 from fastv.errors import FastVError
 from fastv.families import Adapter, resolve
+from fastv.flops import prefill_report
 from fastv.methods.base import Method, Stage, StageContext
 from fastv.methods.fastv import FastV
 from fastv.selection import Selection, select
@@ -315,7 +316,7 @@ class PruneHandle:
             kept_sequence_index=last.index,
             scores=scores,
             stage_kept=[s.num_kept for s in self._done],
-            flops=_flops(self.adapter, lens, call.prompt_len, call.visual.shape[0]),
+            flops=prefill_report(self.adapter.text_config, lens, call.visual.shape[0], call.prompt_len).to_dict(),
         )
 
     def _memoized(self, key: Any, obj: Any, fn) -> Any:
@@ -372,15 +373,6 @@ class PruneHandle:
             lambda m: _decode_mask(m, self._done, n, call.prompt_len, full_total, q_len),
         )
         return args, kwargs
-
-
-def _flops(adapter: Adapter, lens: list[int], prompt_len: int, batch: int) -> dict[str, float]:
-    """The language model's prefill FLOPs as run vs unpruned (exact count for this architecture)."""
-    from fastv.flops import prefill_flops
-
-    full = prefill_flops(adapter.text_config, [prompt_len] * len(lens), batch)
-    pruned = prefill_flops(adapter.text_config, lens, batch)
-    return {"full": full, "pruned": pruned, "reduction": 1 - pruned / full, "speedup": full / pruned}
 
 
 def _prefill_mask(mask: torch.Tensor | None, sel: Selection) -> torch.Tensor | None:

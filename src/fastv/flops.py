@@ -158,11 +158,18 @@ class PrefillFlops:
 
 
 def prefill_report(
-    text_config: PretrainedConfig | TextShape, layer_seq_lens: Sequence[int], batch_size: int = 1
+    text_config: PretrainedConfig | TextShape,
+    layer_seq_lens: Sequence[int],
+    batch_size: int = 1,
+    full_len: int | None = None,
 ) -> PrefillFlops:
-    """Full vs pruned prefill FLOPs; the full model runs every layer at the first layer's length."""
+    """Full vs pruned prefill FLOPs; the full model runs every layer at `full_len` tokens.
+
+    full_len defaults to the first layer's length, which is the prompt's unless a cut sits at layer 0.
+    """
     lens = tuple(int(n) for n in layer_seq_lens)
-    full = prefill_flops(text_config, [lens[0]] * len(lens), batch_size) if lens else 0
+    full_len = lens[0] if full_len is None and lens else full_len
+    full = prefill_flops(text_config, [full_len] * len(lens), batch_size) if lens else 0
     return PrefillFlops(full, prefill_flops(text_config, lens, batch_size), lens, batch_size)
 
 

@@ -27,7 +27,7 @@ from fastv import overlay
 from fastv.engine import FastV
 from fastv.errors import FastVError
 from fastv.families import resolve
-from fastv.flops import TextShape, format_flops, prefill_report, theory_layer_flops, vision_flops
+from fastv.flops import TextShape, format_flops, theory_layer_flops, vision_flops
 from fastv.generate import Answer, answer
 from fastv.loading import build_inputs, to_model
 
@@ -370,7 +370,6 @@ class Demo:
     def _flops(self, stats: Any, k: int) -> Flops:
         config = self.model.config
         shape = TextShape.from_config(config)
-        report = prefill_report(shape, stats.layer_seq_lens)
         n, n_hat, layers = stats.prompt_len, stats.layer_seq_lens[-1], shape.num_layers
 
         def theory(tokens: int) -> float:
@@ -382,8 +381,8 @@ class Demo:
         except Exception:  # an unusual vision config: show the language model only
             vision = None
         return Flops(
-            llm_full=report.full,
-            llm_fastv=report.pruned,
+            llm_full=stats.flops["full"],  # the engine's exact count of this very prefill
+            llm_fastv=stats.flops["pruned"],
             theory_full=layers * theory(n),
             theory_fastv=k * theory(n) + (layers - k) * theory(n_hat),
             vision=vision,
