@@ -18,7 +18,7 @@ from transformers import (
 )
 
 import fastv
-from fastv import FastV, FastVError
+from fastv import FastV, FastVError, compat
 from fastv.engine import _take
 
 NEW = 8
@@ -34,7 +34,7 @@ def _run(model, pruner, inputs, **gen):
         logits = model(**inputs).logits[:, -1]
         out = model.generate(**inputs, max_new_tokens=NEW, do_sample=False, return_dict_in_generate=True, **gen)
         stats = handle.stats
-    lens = [layer.get_seq_length() for layer in out.past_key_values.layers]
+    lens = [layer.get_seq_length() for layer in compat.output_cache(out).layers]
     return logits, out.sequences, lens, stats
 
 
@@ -232,7 +232,7 @@ def test_static_cache_refused():
         model.generate(**inputs, max_new_tokens=2, cache_implementation="static")
     cache = StaticCache(config=model.config, max_cache_len=128)
     with FastV().apply(model), pytest.raises(FastVError, match="fixed-size"):
-        model(**inputs, past_key_values=cache)
+        model(**inputs, **compat.with_cache(model, cache))
 
 
 def test_right_padding_refused():
@@ -268,7 +268,7 @@ def test_foreign_cache_refused():
     out = model(**inputs, use_cache=True)  # unpruned prefill
     with FastV(k=2).apply(model) as handle:
         model(**inputs)  # pruned prefill; then decode on the unpruned cache
-        nxt = {"input_ids": torch.tensor([[3]]), "past_key_values": out.past_key_values}
+        nxt = {"input_ids": torch.tensor([[3]]), **compat.with_cache(model, compat.output_cache(out))}
         with pytest.raises(FastVError, match="not filled by this prefill"):
             model(**nxt)
     assert handle.model is model

@@ -16,7 +16,7 @@ from tiny_families import BUILDERS
 
 import fastv
 import fastv.engine as engine
-from fastv import FastV, FastVError
+from fastv import FastV, FastVError, compat
 
 K = 2
 RATIO = 0.5
@@ -97,9 +97,9 @@ def test_drop_equals_mask_generate(family: str, attn: str) -> None:
     assert torch.equal(got.sequences, ref.sequences)
     prompt = inputs["input_ids"].shape[1]
     full, kept = prompt + NEW - 1, expected_kept_width(model, inputs) + NEW - 1
-    n = len(got.past_key_values.layers)
-    assert [layer.get_seq_length() for layer in got.past_key_values.layers] == [full] * K + [kept] * (n - K)
-    assert [layer.get_seq_length() for layer in ref.past_key_values.layers] == [full] * n
+    n = len(compat.output_cache(got).layers)
+    assert [layer.get_seq_length() for layer in compat.output_cache(got).layers] == [full] * K + [kept] * (n - K)
+    assert [layer.get_seq_length() for layer in compat.output_cache(ref).layers] == [full] * n
 
 
 @pytest.mark.parametrize(("family", "attn"), PARAMS)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from tiny_families import gemma3, qwen2_vl
 from tiny_llava import GRID, IMAGE_TOKEN, batch, prompt, tiny_llava
 
-from fastv import FastVError, flops
+from fastv import FastVError, compat, flops
 from fastv.errors import UnsupportedModelError
 from fastv.methods import PDrop, make
 from fastv.methods.accounting import visual_tokens_per_layer
@@ -238,7 +238,7 @@ def _generate(model, method, inputs, new: int = 5, **kw):
             suppress_tokens=[IMAGE_TOKEN],
             **kw,
         )
-    lens = [layer.get_seq_length() for layer in out.past_key_values.layers] if kw.get("use_cache", True) else None
+    lens = [layer.get_seq_length() for layer in compat.output_cache(out).layers] if kw.get("use_cache", True) else None
     return logits, out.sequences, lens, handle.stats
 
 

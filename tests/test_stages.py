@@ -10,7 +10,7 @@ from tiny_families import BUILDERS
 from tiny_llava import IMAGE_TOKEN, batch, prompt, tiny_llava
 
 import fastv
-from fastv import FastVError, FastVMean, Method
+from fastv import FastVError, FastVMean, Method, compat
 from fastv.methods.base import Stage
 from fastv.methods.fastv import last_token_attention
 
@@ -34,7 +34,7 @@ def _run(model, method, inputs):
     with method.apply(model) as handle:
         logits = model(**inputs).logits[:, -1]
         out = model.generate(**inputs, max_new_tokens=6, do_sample=False, return_dict_in_generate=True)
-    return logits, out.sequences, [layer.get_seq_length() for layer in out.past_key_values.layers], handle.stats
+    return logits, out.sequences, [layer.get_seq_length() for layer in compat.output_cache(out).layers], handle.stats
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])

@@ -10,31 +10,24 @@ The callback recomputes only the rows it needs: O(heads x rows x L x d).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from transformers import AttentionInterface
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+from fastv import compat
+from fastv.errors import FastVError
 
 PREFIX = "fastv_"
+_TAPS_ATTR = "_fastv_attention_taps"  # on the tapped module itself: no global state to leak a model
 
 TapFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, "torch.Tensor | None", dict[str, Any]], None]
-_TAPS: dict[int, list[TapFn]] = {}
-
-
-def _delegate(original: str, module: torch.nn.Module) -> Callable[..., Any]:
-    if original == "eager":
-        # The model's own eager kernel lives beside its attention class (softcapping, sinks, ...).
-        return sys.modules[type(module).__module__].eager_attention_forward
-    return AttentionInterface._global_mapping[original]
 
 
 def _make_attention(original: str) -> Callable[..., Any]:
     def attention(module, query, key, value, attention_mask, **kwargs):
-        out = _delegate(original, module)(module, query, key, value, attention_mask, **kwargs)
-        for fn in _TAPS.get(id(module), ()):
+        out = compat.attention_function(original, module)(module, query, key, value, attention_mask, **kwargs)
+        for fn in getattr(module, _TAPS_ATTR, ()):
             fn(module, query, key, attention_mask, kwargs)
         return out
 
@@ -45,46 +38,45 @@ def _make_attention(original: str) -> Callable[..., Any]:
 def tapped_name(original: str) -> str:
     """Register (once) and return the name of the tapping implementation wrapping `original`."""
     if original.startswith(PREFIX):
-        raise ValueError(f"attention implementation {original!r} is already wrapped by fastv")
-    if original != "eager" and original not in AttentionInterface._global_mapping:
-        raise ValueError(f"unknown attention implementation {original!r}")
+        raise FastVError(f"attention implementation {original!r} is already wrapped by fastv")
+    if not compat.is_registered_attention(original):
+        raise FastVError(f"unknown attention implementation {original!r}")
     name = f"{PREFIX}{original}"
-    if name not in AttentionInterface._global_mapping:
-        AttentionInterface.register(name, _make_attention(original))
-        mask_fn = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.get(original)
-        if mask_fn is not None:
-            # Without a mask function under the new name, transformers silently builds no mask.
-            AttentionMaskInterface.register(name, mask_fn)
+    if not compat.is_registered_attention(name):
+        compat.register_attention(name, _make_attention(original), masks_like=original)
     return name
 
 
 def add_tap(module: torch.nn.Module, fn: TapFn) -> Callable[[], None]:
-    """Call `fn(module, query, key, mask, kwargs)` after each attention call of `module`; returns undo."""
-    _TAPS.setdefault(id(module), []).append(fn)
+    """Call `fn(module, query, key, mask, kwargs)` after each attention call of `module`; returns undo.
+
+    The taps live on the module, so a handle that is never removed dies with its model.
+    """
+    taps = module.__dict__.setdefault(_TAPS_ATTR, [])
+    taps.append(fn)
 
     def remove() -> None:
-        fns = _TAPS.get(id(module), [])
-        if fn in fns:
-            fns.remove(fn)
-        if not fns:
-            _TAPS.pop(id(module), None)
+        if fn in taps:
+            taps.remove(fn)
+        if not taps and module.__dict__.get(_TAPS_ATTR) is taps:
+            del module.__dict__[_TAPS_ATTR]
 
     return remove
 
 
-def install(model: torch.nn.Module, text_config_key: str, modules: list[torch.nn.Module], fn: TapFn):
-    """Switch the language model to the tapping implementation and tap `modules`; returns undo.
+def install(model: torch.nn.Module, config_key: str, modules: list[torch.nn.Module], fn: TapFn):
+    """Switch one sub-model (text or vision) to the tapping implementation and tap `modules`; returns undo.
 
-    Only the text config changes, so the vision tower keeps its own attention implementation.
+    Only that sub-config changes, so e.g. the vision tower keeps its own attention implementation.
     """
-    original = getattr(model.config, text_config_key)._attn_implementation or "sdpa"
-    model.set_attn_implementation({text_config_key: tapped_name(original)})
+    original = compat.attention_implementation(getattr(model.config, config_key))
+    compat.set_attention(model, config_key, tapped_name(original))
     removers = [add_tap(m, fn) for m in modules]
 
     def undo() -> None:
         for remove in removers:
             remove()
-        model.set_attn_implementation({text_config_key: original})
+        compat.set_attention(model, config_key, original)
 
     return undo
 

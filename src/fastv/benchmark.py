@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from fastv import compat
 from fastv import flops as F
 from fastv.model_shapes import KNOWN_SHAPES
 
@@ -314,7 +315,7 @@ def run_once(model: torch.nn.Module, inputs: dict[str, torch.Tensor], new_tokens
     stats = getattr(handle, "stats", None) if handle is not None else None
     lens = list(stats.layer_seq_lens) if stats is not None else []
     kept = int(stats.num_kept[0]) if stats is not None else None
-    return CallResult(prefill, prefill_cpu, decode, mem.delta, cache_bytes(out.past_key_values), lens, kept)
+    return CallResult(prefill, prefill_cpu, decode, mem.delta, cache_bytes(compat.output_cache(out)), lens, kept)
 
 
 # --------------------------------------------------------------------------- the benchmark

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers.cache_utils import DynamicLayer
 
-from fastv import attention_tap, masks
+from fastv import attention_tap, compat, masks
 from fastv.attention_tap import query_attention
 from fastv.errors import FastVError
 from fastv.families import Adapter, resolve
@@ -57,7 +56,7 @@ class PruneHandle:
         self._check_stages(adapter)
         if getattr(model, "_fastv_handle", None) is not None:
             raise FastVError("a method is already applied to this model: call remove() on the first handle first")
-        impl = adapter.text_config._attn_implementation or "sdpa"
+        impl = compat.attention_implementation(adapter.text_config)
         if impl.startswith("paged") or "flex" in impl:
             raise FastVError(f"attention implementation {impl!r} is not supported: use 'sdpa', 'eager' or flash")
         self.extra: dict[str, Any] = {}  # filled by a method's own observers (prepare)
@@ -137,19 +136,34 @@ class PruneHandle:
 
     # ---- per call -----------------------------------------------------------------------------
     def _on_forward(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        """Classify the call from facts (the cache object and its length, this handle's record)."""
         self._memo.clear()
-        past = kwargs.get("past_key_values")
-        self._check_cache(past)
-        past_len = past.get_seq_length() if past is not None else 0
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        cache = compat.find_cache(kwargs, args)
+        self._check_cache(cache)
+        past_len = compat.cache_length(cache)
+        input_ids = compat.input_ids(args, kwargs)
+        q_len = compat.query_length(args, kwargs)
+        mask = kwargs.get(compat.ATTENTION_MASK)
+        if cache is None and mask is not None and mask.ndim == 2 and mask.shape[-1] > q_len:
+            # The mask covers earlier tokens, so this continues a sequence whose cache we cannot see.
+            raise compat.incompatible(
+                f"a forward call of {q_len} new tokens has an attention mask over {mask.shape[-1]} tokens but "
+                "no KV cache object fastv can find (the cache argument may have been renamed or wrapped)"
+            )
         if past_len == 0:
-            self._start_prefill(input_ids, kwargs.get("attention_mask"))
+            self._start_prefill(input_ids, kwargs.get(compat.ATTENTION_MASK))
         elif self._call is not None:
-            q_len = input_ids.shape[1] if input_ids is not None else kwargs["inputs_embeds"].shape[1]
+            # A decode step may sample an image token id itself; a multi-token chunk with one is a new image.
+            if q_len > 1 and input_ids is not None and bool(torch.isin(input_ids, self._visual_ids(input_ids)).any()):
+                raise FastVError(
+                    f"this call adds visual tokens to a cache that already holds {past_len} tokens (a second "
+                    "image in a multi-turn chat, or chunked prefill): fastv prunes a prompt's visual tokens at "
+                    "its prefill; start a new cache for each prompt with images"
+                )
             first = self._done[0] if self._done and self.method.mode == "drop" else None
             if first is not None and self.stages[0].layer == 0:
                 # Layer 0 is pruned too, so the cache's length is the pruned one: count from the prompt.
-                if kwargs.get("position_ids") is None:
+                if kwargs.get(compat.POSITION_IDS) is None:
                     raise FastVError(
                         "with a cut at layer 0, decode steps need explicit position_ids (generate passes them)"
                     )
@@ -157,6 +171,9 @@ class PruneHandle:
             self._check_window(past_len + q_len)
             self._call = _Call(False, self._call.active, self._call.prompt_len, past_len)
         self._live = True
+
+    def _visual_ids(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(self.adapter.visual_token_ids, device=like.device)
 
     def _on_forward_end(self, *args: Any) -> None:
         self._live = False
@@ -170,8 +187,7 @@ class PruneHandle:
                 "right padding: the last prompt token must sit in the last column; "
                 "set processor.tokenizer.padding_side = 'left'"
             )
-        ids = torch.tensor(self.adapter.visual_token_ids, device=input_ids.device)
-        visual = torch.isin(input_ids, ids)
+        visual = torch.isin(input_ids, self._visual_ids(input_ids))
         visual[:, -1] = False  # the token whose logits generation reads is never dropped
         batch, length = input_ids.shape
         self._done = []
@@ -195,16 +211,14 @@ class PruneHandle:
             text_after &= attention_mask.bool()
         self._call = _Call(True, active, length, 0, input_ids, visual, text_after)
 
-    def _check_cache(self, past: Any) -> None:
-        if past is None:
-            return
-        for layer in getattr(past, "layers", ()):
-            if not isinstance(layer, DynamicLayer):
-                raise FastVError(
-                    f"{type(past).__name__} ({type(layer).__name__}) has fixed-size layers that fastv cannot "
-                    "shorten: use the default DynamicCache (no cache_implementation='static', no torch.compile "
-                    "with static shapes)"
-                )
+    def _check_cache(self, cache: Any) -> None:
+        fixed = compat.non_dynamic_layer(cache)
+        if fixed is not None:
+            raise FastVError(
+                f"{type(cache).__name__} ({fixed}) has fixed-size layers that fastv cannot "
+                "shorten: use the default DynamicCache (no cache_implementation='static', no torch.compile "
+                "with static shapes)"
+            )
 
     def _check_window(self, total_len: int) -> None:
         cfg, first = self.adapter.text_config, self.stages[0].layer
@@ -267,7 +281,7 @@ class PruneHandle:
     def _cut(self, n: int, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         """Run stage n's selection on the hidden states entering its layer; in drop mode, shorten them."""
         call, stage, drop = self._call, self.stages[n], self.method.mode == "drop"
-        hidden = args[0] if args else kwargs["hidden_states"]
+        hidden = compat.hidden_states(args, kwargs)
         rows = self._rows()
         prev = self._done[-1] if self._done else None
         alive = call.visual if prev is None else call.visual & prev.keep_mask
@@ -290,10 +304,7 @@ class PruneHandle:
             else:
                 rel = torch.searchsorted(rows.contiguous(), sel.index.contiguous())
                 new_hidden = _take(hidden, rel, 1)
-            if args:
-                args = (new_hidden, *args[1:])
-            else:
-                kwargs["hidden_states"] = new_hidden
+            args, kwargs = compat.replace_hidden_states(args, kwargs, new_hidden)
         if n == len(self.stages) - 1:
             self._record_stats(scores)
         return args, kwargs
@@ -330,46 +341,50 @@ class PruneHandle:
     def _prefill_inputs(self, n: int, args: tuple, kwargs: dict):
         sel, call = self._done[n], self._call
         if self.method.mode == "mask":
-            kwargs["attention_mask"] = self._memoized(
+            kwargs[compat.ATTENTION_MASK] = self._memoized(
                 n,
-                kwargs.get("attention_mask"),
+                kwargs.get(compat.ATTENTION_MASK),
                 lambda m: masks.restrict_columns(m, sel.keep_mask, call.prompt_len, _dtype(m)),
             )
             return args, kwargs
         index = sel.index
-        pe = kwargs.get("position_embeddings")
+        pe = kwargs.get(compat.POSITION_EMBEDDINGS)
         if pe is not None:
-            kwargs["position_embeddings"] = self._memoized(n, pe, lambda p: tuple(_take(t, index, -2) for t in p))
-        if kwargs.get("position_ids") is not None:
-            kwargs["position_ids"] = self._memoized(n, kwargs["position_ids"], lambda p: _take(p, index, -1))
-        kwargs["attention_mask"] = self._memoized(n, kwargs.get("attention_mask"), lambda m: _prefill_mask(m, sel))
+            kwargs[compat.POSITION_EMBEDDINGS] = self._memoized(n, pe, lambda p: tuple(_take(t, index, -2) for t in p))
+        if kwargs.get(compat.POSITION_IDS) is not None:
+            kwargs[compat.POSITION_IDS] = self._memoized(n, kwargs[compat.POSITION_IDS], lambda p: _take(p, index, -1))
+        kwargs[compat.ATTENTION_MASK] = self._memoized(
+            n, kwargs.get(compat.ATTENTION_MASK), lambda m: _prefill_mask(m, sel)
+        )
         return args, kwargs
 
     def _decode_inputs(self, i: int, n: int, args: tuple, kwargs: dict):
         sel, call = self._done[n], self._call
-        hs = args[0] if args else kwargs["hidden_states"]
+        hs = compat.hidden_states(args, kwargs)
         q_len = hs.shape[1]
         full_total = call.past_len + q_len
         new = full_total - call.prompt_len
         if self.method.mode == "mask":
             ones = torch.ones(sel.keep_mask.shape[0], new, dtype=torch.bool, device=hs.device)
             col_ok = torch.cat([sel.keep_mask, ones], dim=1)
-            kwargs["attention_mask"] = self._memoized(
-                n, kwargs.get("attention_mask"), lambda m: masks.restrict_columns(m, col_ok, q_len, _dtype(m))
+            kwargs[compat.ATTENTION_MASK] = self._memoized(
+                n, kwargs.get(compat.ATTENTION_MASK), lambda m: masks.restrict_columns(m, col_ok, q_len, _dtype(m))
             )
             return args, kwargs
         kept = sel.index.shape[1]
         if i == self.stages[n].layer:
-            past = kwargs.get("past_key_values")
-            have = past.layers[i].get_seq_length() if past is not None else None
-            if have is not None and have != kept + new - q_len:
+            cache = compat.find_cache(kwargs, args)
+            if cache is None:
+                raise compat.incompatible(f"decoder layer {i} received no KV cache during a decode step")
+            have = compat.layer_cache_length(cache, i)
+            if have != kept + new - q_len:
                 raise FastVError(
                     f"layer {i} caches {have} tokens but this handle's prefill kept {kept}: the cache was not "
                     "filled by this prefill; start generation from the prompt again"
                 )
-        kwargs["attention_mask"] = self._memoized(
+        kwargs[compat.ATTENTION_MASK] = self._memoized(
             n,
-            kwargs.get("attention_mask"),
+            kwargs.get(compat.ATTENTION_MASK),
             lambda m: _decode_mask(m, self._done, n, call.prompt_len, full_total, q_len),
         )
         return args, kwargs

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PretrainedConfig
 
+from fastv import compat
 from fastv.errors import UnsupportedModelError
 
 
@@ -115,7 +116,7 @@ def resolve(model: torch.nn.Module) -> Adapter:
     )
     if not ids:
         raise UnsupportedModelError(f"{type(model).__name__} config names no image/video token id")
-    key = next((k for k in config.sub_configs if getattr(config, k, None) is text_model.config), None)
+    key = compat.sub_config_key(config, text_model.config)
     if key is None:
         raise UnsupportedModelError(f"could not match {type(text_model).__name__}'s config to a sub-config")
     min_k = MIN_K.get(model_type, lambda c: 0)(config)

@@ -18,6 +18,7 @@ from lmms_eval.api.model import lmms
 from PIL import Image
 from tqdm import tqdm
 
+from fastv import compat
 from fastv.engine import FastV
 from fastv.flops import prefill_flops
 from fastv.loading import build_inputs, load_model, to_model
@@ -162,7 +163,8 @@ class FastVLlava(lmms):
                 first = self._model(**inputs, use_cache=True)
                 self._note(handle, inputs["input_ids"].shape[1])
                 mask = torch.cat([inputs["attention_mask"], torch.ones_like(cont)], dim=1)
-                rest = self._model(input_ids=cont, attention_mask=mask, past_key_values=first.past_key_values)
+                cache = compat.with_cache(self._model, compat.output_cache(first))
+                rest = self._model(input_ids=cont, attention_mask=mask, **cache)
             logits = torch.cat([first.logits[:, -1:], rest.logits[:, :-1]], dim=1).float()
             logprobs = torch.log_softmax(logits, dim=-1)
             picked = logprobs.gather(-1, cont.unsqueeze(-1)).squeeze(-1)
