@@ -1,5 +1,6 @@
 """fastv: FastV visual-token pruning for Hugging Face vision-language models."""
 
+from fastv import compat
 from fastv.engine import PruneHandle
 from fastv.errors import FastVError, UnsupportedModelError
 from fastv.families import FAMILIES, resolve
@@ -29,3 +30,5 @@ __all__ = [
     "resolve",
 ]
 __version__ = "0.1.0"
+
+compat.warn_if_untested()

@@ -190,6 +190,19 @@ def query_length(args: tuple, kwargs: dict) -> int:
     return int(embeds.shape[1])
 
 
+def continues_a_sequence(kwargs: Mapping[str, Any], q_len: int) -> bool:
+    """Whether a call's own arguments show earlier tokens: a mask wider than the call, or positions past it.
+
+    A fresh prompt's positions (left padding, M-RoPE rows included) stay below its length; a decode
+    step's do not. generate drops an all-ones mask, so positions are the fact that always remains.
+    """
+    mask = kwargs.get(ATTENTION_MASK)
+    if isinstance(mask, torch.Tensor) and mask.ndim == 2 and mask.shape[-1] > q_len:
+        return True
+    positions = kwargs.get(POSITION_IDS)
+    return isinstance(positions, torch.Tensor) and positions.numel() > 0 and int(positions.max()) >= q_len
+
+
 # ---- attention and mask registries -------------------------------------------------------------
 _ATTENTION = AttentionInterface()
 _MASKS = AttentionMaskInterface()

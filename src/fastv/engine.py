@@ -143,12 +143,11 @@ class PruneHandle:
         past_len = compat.cache_length(cache)
         input_ids = compat.input_ids(args, kwargs)
         q_len = compat.query_length(args, kwargs)
-        mask = kwargs.get(compat.ATTENTION_MASK)
-        if cache is None and mask is not None and mask.ndim == 2 and mask.shape[-1] > q_len:
-            # The mask covers earlier tokens, so this continues a sequence whose cache we cannot see.
+        if cache is None and compat.continues_a_sequence(kwargs, q_len):
             raise compat.incompatible(
-                f"a forward call of {q_len} new tokens has an attention mask over {mask.shape[-1]} tokens but "
-                "no KV cache object fastv can find (the cache argument may have been renamed or wrapped)"
+                f"a forward call of {q_len} new tokens continues an earlier sequence (its attention mask or "
+                "position ids reach past it) but carries no KV cache object fastv can find (the cache argument "
+                "may have been renamed or wrapped)"
             )
         if past_len == 0:
             self._start_prefill(input_ids, kwargs.get(compat.ATTENTION_MASK))
