@@ -204,6 +204,23 @@ def build_inputs(model: torch.nn.Module, cfg: BenchConfig) -> tuple[dict[str, to
             pixels = {"pixel_values": torch.randn(1, 3, side, side, generator=g, dtype=dtype)}
         ids = torch.cat([pre, visual, post])[None]
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), **pixels}, n_visual
+    if kind == "llava_next":
+        # anyres at the largest square grid: a (2s x 2s) image -> base crop + 2x2 tiles of the tower's
+        # s px, unpadded feature grid with a newline per row: 576 + 48 * 49 = 2928 tokens at s=336.
+        side_px = vc.image_size
+        pin = [2 * side_px, 2 * side_px]
+        if [list(p) for p in config.image_grid_pinpoints].count(pin) == 0:
+            raise ValueError(f"llava_next inputs need image_grid_pinpoints to contain {pin} (a 2x2 grid of the tower)")
+        side = side_px // vc.patch_size
+        n_visual = side * side + (2 * side) * (2 * side + 1)
+        ids = torch.cat([pre, torch.full((n_visual,), config.image_token_id), post])[None]
+        pixels = torch.randn(1, 5, 3, side_px, side_px, generator=g, dtype=dtype)
+        return {
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "pixel_values": pixels,
+            "image_sizes": torch.tensor([pin]),
+        }, n_visual
     if kind in ("qwen2_vl", "qwen2_5_vl"):
         t, h, w = 1, 48, 48  # one 672x672 image -> 576 visual tokens
         if cfg.frames:
