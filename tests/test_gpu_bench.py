@@ -66,13 +66,17 @@ def test_smoke_writes_every_row_and_field(gpu_bench, smoke):
                 assert r["kv_bytes"] == r["kv_bytes_predicted"], r["label"]
 
 
-def test_smoke_writes_tables_and_plot(smoke):
+def test_smoke_writes_tables_and_plot(gpu_bench, smoke, tmp_path):
     out, _ = smoke
     md = (out / "gpu.md").read_text()
     assert "SMOKE" in md and "| full | 0.203 | 1.000 |" in md and "| R=75% | 0.124 |" in md
     assert md.count("## llava-") == 6
     assert (out / "gpu.png").stat().st_size > 10_000
     assert not (out / "gpu.json.tmp").exists()
+    # --render rebuilds the table and plot from a saved JSON alone (e.g. after a run was killed)
+    (tmp_path / "gpu.json").write_text((out / "gpu.json").read_text())
+    assert gpu_bench.main(["--render", str(tmp_path / "gpu.json")]) == 0
+    assert (tmp_path / "gpu.md").read_text() == md and (tmp_path / "gpu.png").stat().st_size > 10_000
 
 
 def test_spent_budget_still_writes_results(gpu_bench, tmp_path):
