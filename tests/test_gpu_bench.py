@@ -84,3 +84,16 @@ def test_spent_budget_still_writes_results(gpu_bench, tmp_path):
     data = json.loads((tmp_path / "gpu.json").read_text())
     assert data["phases"] == [] and "time budget" in data["meta"]["stopped"]
     assert (tmp_path / "gpu.md").exists() and (tmp_path / "gpu.png").exists()
+
+
+def test_second_attention_implementation_phase(gpu_bench, tmp_path):
+    """The flash-attention-2 phase's path (switch the implementation, time a subset), here with eager."""
+    argv = ["--smoke", "--out", str(tmp_path), "--repeats", "1", "--new-tokens", "2", "--batches", "1"]
+    assert gpu_bench.main([*argv, "--models", "llava-1.5-7b", "--extra-attn", "eager"]) == 0
+    data = json.loads((tmp_path / "gpu.json").read_text())
+    assert [(p["attn"], p["status"]) for p in data["phases"]] == [("sdpa", "done"), ("eager", "done")]
+    eager = data["phases"][1]
+    assert [r["label"] for r in eager["rows"]] == [
+        "full", "fastv K=2 R=0.25", "fastv K=2 R=0.5", "fastv K=2 R=0.75", "pdrop keep=16", "random keep=16"
+    ]  # fmt: skip
+    assert all(r["n"] == 1 and r["ttft_s"] for r in eager["rows"]) and not eager["errors"]
