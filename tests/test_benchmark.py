@@ -91,3 +91,35 @@ def test_local_checkpoint(tmp_path):
     result = B.run_benchmark(cfg, show_progress=False)
     assert result.model.startswith("checkpoint") and result.setting(2, 0.5).kept == 288
     assert result.setting(2, 0.5).kv_bytes == result.setting(2, 0.5).kv_bytes_predicted
+
+
+def test_interleaved_plan_puts_every_pruned_run_between_two_unpatched_runs():
+    settings = [(2, 0.0), (1, 0.5), (2, 0.5)]
+    plan = B.interleaved_plan(settings, rounds=2)
+    full = ("full",)
+    assert plan == [
+        full, (2, 0.0), full, (1, 0.5), full, (2, 0.5), full,
+        full, (1, 0.5), full, (2, 0.5), full, (2, 0.0), full,
+    ]  # fmt: skip
+    shares = B.neighbour_shares([(full, 1.0), ((1, 0.5), 1.5), (full, 2.0), ((2, 0.5), 1.0), (full, 3.0)])
+    assert shares == {(1, 0.5): [1.0], (2, 0.5): [0.4]}
+
+
+def test_benchmark_calls_follow_the_interleaved_plan(monkeypatch):
+    """run_benchmark measures in the plan's order: recorded calls, not timings, are checked."""
+    calls: list[tuple] = []
+    real = B.run_once
+
+    def recording(model, inputs, new_tokens, handle=None):
+        calls.append(("full",) if handle is None else (handle.method.k, handle.method.ratio))
+        return real(model, inputs, new_tokens, handle)
+
+    monkeypatch.setattr(B, "run_once", recording)
+    cfg = B.BenchConfig(model="tiny", ks=(2,), ratios=(0.5,), repeats=2, warmup=1, new_tokens=1, dtype="float32")
+    result = B.run_benchmark(cfg, model=_tiny(), show_progress=False)
+    settings = [(2, 0.0), (2, 0.5)]
+    assert calls[:2] == [("full",), (2, 0.5)]  # warm-up: full and the last setting
+    assert calls[2:] == B.interleaved_plan(settings, 2)
+    assert len(result.full["prefill_all_s"]) == 6 and len(result.setting(2, 0.5).prefill_all_s) == 2
+    for s in result.settings:
+        assert s.time_share > 0 and s.time_share_cpu > 0

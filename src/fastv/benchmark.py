@@ -2,9 +2,11 @@
 
 The model is a local checkpoint, or a random-weight model with a named real shape (full width,
 depth truncated so a CPU can hold and run it, with a tiny vision tower that still emits the real
-number of visual tokens). Each round runs the full model and every (K, R) setting once, in an order
-rotated from round to round, so all of them see the same machine load; warm-up calls come first
-and medians are reported.
+number of visual tokens). Each round runs every (K, R) setting once, in an order rotated from round
+to round, and every pruned run sits between two unpatched runs (full, s1, full, s2, ..., full): a
+pruned run's time is read as a share of the mean of its two neighbours, which cancels the drift of a
+shared machine (block-wise runs scattered by +-10% on a 2-core CPU). Warm-up calls come first;
+medians are reported, wall clock beside the process's CPU time.
 
 What is compared per setting: measured prefill speed-up vs the speed-up the exact FLOPs count
 predicts for the model actually run, decode tokens/s, peak memory, and KV-cache bytes vs prediction.
@@ -203,6 +205,23 @@ def build_inputs(model: torch.nn.Module, cfg: BenchConfig) -> tuple[dict[str, to
             pixels = {"pixel_values": torch.randn(1, 3, side, side, generator=g, dtype=dtype)}
         ids = torch.cat([pre, visual, post])[None]
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), **pixels}, n_visual
+    if kind == "llava_next":
+        # anyres at the largest square grid: a (2s x 2s) image -> base crop + 2x2 tiles of the tower's
+        # s px, unpadded feature grid with a newline per row: 576 + 48 * 49 = 2928 tokens at s=336.
+        side_px = vc.image_size
+        pin = [2 * side_px, 2 * side_px]
+        if [list(p) for p in config.image_grid_pinpoints].count(pin) == 0:
+            raise ValueError(f"llava_next inputs need image_grid_pinpoints to contain {pin} (a 2x2 grid of the tower)")
+        side = side_px // vc.patch_size
+        n_visual = side * side + (2 * side) * (2 * side + 1)
+        ids = torch.cat([pre, torch.full((n_visual,), config.image_token_id), post])[None]
+        pixels = torch.randn(1, 5, 3, side_px, side_px, generator=g, dtype=dtype)
+        return {
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "pixel_values": pixels,
+            "image_sizes": torch.tensor([pin]),
+        }, n_visual
     if kind in ("qwen2_vl", "qwen2_5_vl"):
         t, h, w = 1, 48, 48  # one 672x672 image -> 576 visual tokens
         if cfg.frames:
@@ -228,14 +247,26 @@ def build_inputs(model: torch.nn.Module, cfg: BenchConfig) -> tuple[dict[str, to
 # --------------------------------------------------------------------------- measuring one call
 
 
+def synchronize(device: torch.device | str | None = None) -> None:
+    """Wait for queued GPU work, so a clock read afterwards covers it (a no-op on the CPU)."""
+    if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
+        torch.cuda.synchronize(device)
+
+
 class _FirstToken:
-    """A logits processor that only records when each step's logits arrive (no effect on them)."""
+    """A logits processor that only records when each step's logits arrive (no effect on them).
+
+    On a GPU the logits are queued, not computed, when `generate` hands them over; the stamp waits
+    for them, or it would time the kernel launches instead of the prefill.
+    """
 
     def __init__(self) -> None:
         self.stamps: list[float] = []
         self.cpu: list[float] = []
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if scores.is_cuda:
+            synchronize(scores.device)
         self.stamps.append(time.perf_counter())
         self.cpu.append(time.process_time())
         return scores
@@ -299,6 +330,7 @@ def run_once(model: torch.nn.Module, inputs: dict[str, torch.Tensor], new_tokens
     from transformers import LogitsProcessorList
 
     stamp = _FirstToken()
+    synchronize(inputs["input_ids"].device)
     with PeakRSS() as mem, torch.inference_mode():
         start, start_cpu = time.perf_counter(), time.process_time()
         out = model.generate(
@@ -345,6 +377,9 @@ class SettingResult:
     flops: int
     layer_seq_lens: list[int]
     prefill_all_s: list[float]
+    # median over runs of (pruned time) / (mean of the two unpatched runs around it)
+    time_share: float = float("nan")
+    time_share_cpu: float = float("nan")
 
 
 @dataclass
@@ -378,6 +413,38 @@ def _machine(cfg: BenchConfig) -> dict[str, Any]:
     }
 
 
+Setting = tuple  # ("full",) or (k, ratio)
+FULL: Setting = ("full",)
+
+
+def interleaved_plan(settings: list[Setting], rounds: int) -> list[Setting]:
+    """Call order: each round visits every setting once (rotated), each between two unpatched runs.
+
+    Round r is full, s[r], full, s[r+1], ..., full, and the next round starts with its own full run,
+    so every pruned run has an unpatched neighbour on each side measured moments apart.
+    """
+    plan: list[Setting] = []
+    n = len(settings)
+    for rnd in range(rounds):
+        shift = rnd % n if n else 0
+        for s in settings[shift:] + settings[:shift]:
+            plan += [FULL, s]
+        plan.append(FULL)
+    return plan
+
+
+def neighbour_shares(sequence: list[tuple[Setting, float]]) -> dict[Setting, list[float]]:
+    """Each pruned run's measurement over the mean of the unpatched runs right before and after it."""
+    shares: dict[Setting, list[float]] = {}
+    for i, (s, value) in enumerate(sequence):
+        if s == FULL or i == 0 or i + 1 >= len(sequence):
+            continue
+        (before, a), (after, b) = sequence[i - 1], sequence[i + 1]
+        if before == FULL and after == FULL and a + b > 0:
+            shares.setdefault(s, []).append(value / ((a + b) / 2))
+    return shares
+
+
 def run_benchmark(
     cfg: BenchConfig,
     model: torch.nn.Module | None = None,
@@ -406,20 +473,24 @@ def run_benchmark(
         with fastv.FastV(k=k, ratio=ratio).apply(model) as handle:
             return run_once(model, inputs, cfg.new_tokens, handle)
 
-    plan = [("full",)] + settings
-    total = cfg.warmup * 2 + cfg.repeats * len(plan)
-    bar = tqdm(total=total, desc=f"bench {cfg.model}", unit="call", leave=False, disable=not show_progress)
+    plan = interleaved_plan(settings, cfg.repeats)
+    bar = tqdm(total=cfg.warmup * 2 + len(plan), desc=f"bench {cfg.model}", unit="call", leave=False,
+               disable=not show_progress)  # fmt: skip
     for _ in range(cfg.warmup):  # first calls pay for allocation and kernel selection
-        for s in (("full",), settings[-1]):
+        for s in (FULL, settings[-1]):
             call(s)
             bar.update()
-    for rnd in range(cfg.repeats):
-        order = plan[rnd % len(plan) :] + plan[: rnd % len(plan)]  # rotate: nobody keeps a fixed slot
-        for s in order:
-            timings[s].add(call(s))
-            bar.set_postfix_str(f"round {rnd + 1}/{cfg.repeats} {s}")
-            bar.update()
+    walls: list[tuple[Setting, float]] = []
+    cpus: list[tuple[Setting, float]] = []
+    for i, s in enumerate(plan):
+        res = call(s)
+        timings[s].add(res)
+        walls.append((s, res.prefill_s))
+        cpus.append((s, res.prefill_cpu_s))
+        bar.set_postfix_str(f"call {i + 1}/{len(plan)} {s}")
+        bar.update()
     bar.close()
+    wall_shares, cpu_shares = neighbour_shares(walls), neighbour_shares(cpus)
 
     text_config = model.config.get_text_config(decoder=True)
     vis = F.vision_flops(model.config, n_visual=n_visual, frames=cfg.frames if cfg.frames else None)
@@ -468,6 +539,8 @@ def run_benchmark(
                 flops=fl,
                 layer_seq_lens=lens,
                 prefill_all_s=list(t.prefill_s),
+                time_share=_median(wall_shares.get((k, ratio), [])),
+                time_share_cpu=_median(cpu_shares.get((k, ratio), [])),
             )
         )
     zero = next(r for r in results if r.ratio == 0.0)
@@ -495,6 +568,10 @@ def run_benchmark(
         overhead=zero.prefill_s / full_prefill - 1,
         overhead_cpu=zero.prefill_cpu_s / full_cpu - 1,
     )
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
 
 
 # --------------------------------------------------------------------------- outputs
@@ -553,18 +630,25 @@ def markdown_table(result: BenchResult) -> str:
     f = result.full
     lines = [
         "| K | R | kept | TTFT s | CPU s | speed-up (wall) | speed-up (CPU) | FLOPs ideal | wall / ideal "
-        "| CPU / ideal | decode tok/s | peak MiB | KV MiB | KV vs pred | KV saving (pred) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| CPU / ideal | share of full (wall / CPU) | FLOPs share | decode tok/s | peak MiB | KV MiB | KV vs pred "
+        "| KV saving (pred) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         f"| full | - | {result.n_visual} | {f['prefill_s']:.2f} | {f['prefill_cpu_s']:.2f} | 1.00 | 1.00 | 1.00 | - | - "
+        "| 1.00 / 1.00 | 1.00 "
         f"| {f['decode_tok_s']:.2f} | {f['peak_mem_mb']:.0f} | {f['kv_bytes'] / 2**20:.1f} | {f['kv_bytes'] / f['kv_bytes_predicted'] - 1:+.2%} | - |",
     ]
     for r in sorted(result.settings, key=lambda r: (r.k, r.ratio)):
         lines.append(
             f"| {r.k} | {r.ratio:g} | {r.kept} | {r.prefill_s:.2f} | {r.prefill_cpu_s:.2f} | {r.speedup_measured:.2f} "
             f"| {r.speedup_measured_cpu:.2f} | {r.speedup_predicted:.2f} | {r.efficiency:.0%} | {r.efficiency_cpu:.0%} "
+            f"| {r.time_share:.2f} / {r.time_share_cpu:.2f} | {1 / r.speedup_predicted:.2f} "
             f"| {r.decode_tok_s:.2f} | {r.peak_mem_mb:.0f} | {r.kv_bytes / 2**20:.1f} | {r.kv_error:+.2%} "
             f"| {r.kv_saving:.1%} ({r.kv_saving_predicted:.1%}) |"
         )
+    lines.append(
+        "\nShare of full: each pruned run's prefill time over the mean of the unpatched runs just before and "
+        "after it (median over rounds); FLOPs share = 1 / FLOPs ideal speed-up."
+    )
     lines.append(
         f"\nFastV at R=0 (K={result.config['overhead_k']}) vs unpatched: {result.overhead:+.1%} wall, "
         f"{result.overhead_cpu:+.1%} CPU time."
