@@ -52,11 +52,16 @@ def eval_cmd(
     fresh: bool = typer.Option(False, "--fresh", help="Delete earlier results in --out and start over."),
     cpu: bool = typer.Option(False, "--cpu", help="Stay on CPU even where a GPU is visible."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    vqa_compat: str = typer.Option(
+        "default",
+        "--vqa-compat",
+        help="VQA accuracy: 'default' (answers always normalised, as lmms-eval) or 'official' (vqaEval.py exactly).",
+    ),
 ) -> None:
     """Run the full model and every (method, budget, K, scorer) on the same samples; write predictions.jsonl,
     summary.{md,csv,json} and pareto.png to --out. Interrupted runs resume where they stopped."""
     from fastv.eval.pipeline import EvalConfig, evaluate
-    from fastv.eval.report import table_cells
+    from fastv.eval.report import cider_note, table_cells
     from fastv.eval.settings import method_grid, parse_list
 
     console = make_console()
@@ -71,7 +76,9 @@ def eval_cmd(
             parse_list(scorer, str, "scorer"),
             mode,
         )
-        cfg = EvalConfig(model, data, out, split, limit, max_new_tokens, dtype, attn, fresh, progress, cpu)
+        cfg = EvalConfig(
+            model, data, out, split, limit, max_new_tokens, dtype, attn, fresh, progress, cpu, vqa_compat=vqa_compat
+        )
         result = evaluate(cfg, settings)
     except (FastVError, FileNotFoundError) as err:
         console.print(f"[red]error:[/red] {err}")
@@ -85,6 +92,9 @@ def eval_cmd(
     for row in cells:
         table.add_row(*row)
     console.print(table)
+    note = cider_note(result.rows)
+    if note:
+        console.print(f"[dim]{note}[/dim]")
     console.print(
         f"[dim]ran {result.ran} new (setting, sample) pairs; wrote "
         + ", ".join(str(p) for p in result.files)
