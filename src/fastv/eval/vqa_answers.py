@@ -7,7 +7,7 @@ because a "cleaner" rule changes scores:
 
 - punctuation is decided on the *original* string (is the mark next to a space? is there a comma
   between digits anywhere?) but removed from the partly cleaned one, so "(red),white,blue" becomes
-  "red white blue" while "a, b-c" becomes "a bc";
+  "red white blue" (reading the cleaned string, "red ,white" would lose its comma: "red whiteblue");
 - the period rule removes every "." not followed by a digit, at most 32 of them (the reference passes
   `re.UNICODE`, which is 32, where `re.sub` takes its `count`);
 - contractions are looked up after lowercasing, so the table's capitalised keys ("Im", "Ive") never
