@@ -1,7 +1,7 @@
 """Answer scoring: VQA soft accuracy, exact match, multiple-choice accuracy, CIDEr-D.
 
 Each score follows a reference implementation, so numbers are comparable with published ones; where
-fastv chooses otherwise the docstring names the choice (and `fastv eval` can switch it off):
+fastv chooses otherwise the docstring names the choice (`fastv eval --vqa-compat official` undoes VQA's):
 
 - VQA accuracy: the VQA challenge's `vqaEval.py` (answer normalisation in `fastv.eval.vqa_answers`,
   leave-one-out min(1, matches/3)). Default compat: both sides are always normalised, as lmms-eval's
@@ -25,8 +25,6 @@ from typing import NamedTuple
 from fastv.errors import FastVError
 from fastv.eval.caption_tokens import tokenize_captions
 from fastv.eval.vqa_answers import clean_whitespace, normalize_vqa, process_digit_article, process_punctuation
-
-__all__ = ["normalize_vqa"]  # re-exported: the VQA normalisation's home is fastv.eval.vqa_answers
 
 # --------------------------------------------------------------------------- VQA
 
@@ -201,8 +199,10 @@ def parse_choice(prediction: str, choices: Sequence[str]) -> int | None:
 
     lmms-eval 0.7.3, tasks/mmbench: `MMBench_Evaluator.can_infer` (a lone or marked letter, else the
     one option whose text the answer contains), then `extract_mcq_answer` (ranked letter formats,
-    "the answer is B"), as the static evaluation does. One difference: an answer that names two or
-    more options ("B or C", "(B), (C)") is wrong, where the parser picks one of them.
+    "the answer is B"), as the static evaluation does; not its ScienceQA rule, which reads only a
+    leading "B" or "B.". Kept for comparable numbers: letters are capitals only ("b" is no answer), and
+    the last resort reads an option's capital letter anywhere ("Cyan" as C). One difference: an answer
+    that names two or more options ("B or C", "(B), (C)") is wrong, where the parser picks one of them.
     """
     letters = LETTERS[: len(choices)]
     answer = prediction.strip()
