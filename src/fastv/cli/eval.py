@@ -5,6 +5,7 @@ Works the same under `accelerate launch -m fastv eval ...` (data-parallel; the m
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 
 import typer
@@ -14,6 +15,13 @@ from fastv.cli import app, make_console
 from fastv.errors import FastVError
 
 DEFAULT_RATIOS = (0.0, 0.25, 0.5, 0.75, 0.9)
+
+
+class VqaCompat(str, Enum):
+    """`--vqa-compat`: how VQA accuracy is reported (see fastv.eval.metrics.vqa_accuracy)."""
+
+    default = "default"
+    official = "official"
 
 
 @app.command("eval")
@@ -52,8 +60,8 @@ def eval_cmd(
     fresh: bool = typer.Option(False, "--fresh", help="Delete earlier results in --out and start over."),
     cpu: bool = typer.Option(False, "--cpu", help="Stay on CPU even where a GPU is visible."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    vqa_compat: str = typer.Option(
-        "default",
+    vqa_compat: VqaCompat = typer.Option(
+        VqaCompat.default,
         "--vqa-compat",
         help="VQA accuracy: 'default' (answers always normalised, as lmms-eval) or 'official' (vqaEval.py exactly).",
     ),
@@ -77,7 +85,18 @@ def eval_cmd(
             mode,
         )
         cfg = EvalConfig(
-            model, data, out, split, limit, max_new_tokens, dtype, attn, fresh, progress, cpu, vqa_compat=vqa_compat
+            model,
+            data,
+            out,
+            split,
+            limit,
+            max_new_tokens,
+            dtype,
+            attn,
+            fresh,
+            progress,
+            cpu,
+            vqa_compat=vqa_compat.value,
         )
         result = evaluate(cfg, settings)
     except (FastVError, FileNotFoundError) as err:
