@@ -67,7 +67,7 @@ def test_exact_match():
         ("A blue", None),
     ],
 )
-def test_choice_index(answer, index):
+def test_choice_index_reads_reference_answers(answer, index):
     assert M.choice_index(answer, ["red", "blue", "green"]) == index
 
 
@@ -77,6 +77,40 @@ def test_choice_accuracy():
     assert M.choice_accuracy("blue", choices, "B") == 1.0
     assert M.choice_accuracy("A", choices, "B") == 0.0
     assert M.choice_accuracy("no idea", choices, "B") == 0.0
+    assert M.choice_accuracy("The answer is B", choices, "B") == 1.0  # lmms-eval's MMBench parser finds it
+    assert M.choice_accuracy("(B) or (C)", choices, "B") == 0.0  # two options named: wrong
+    with pytest.raises(ValueError, match="names none of the choices"):
+        M.choice_accuracy("B", choices, "purple")
+
+
+def test_vqa_compat_is_a_reporting_choice(tmp_path):
+    """`--vqa-compat official` rescores stored records (no rerun) and is not part of the run's identity."""
+    from fastv.eval.pipeline import EvalConfig
+    from fastv.eval.report import rescore
+
+    record = {"prediction": "yes.", "answers": ["yes"] * 10, "choices": None, "scores": {"vqa": 1.0}}
+    assert rescore([record])[0]["scores"]["vqa"] == 1.0
+    assert rescore([record], "official")[0]["scores"] == {"exact": 1.0, "vqa": 0.0}
+    assert record["scores"] == {"vqa": 1.0}  # the input is left alone
+    official = EvalConfig("m", "d", tmp_path, vqa_compat="official")
+    assert official.manifest([]) == EvalConfig("m", "d", tmp_path).manifest([])
+    with pytest.raises(FastVError, match="--vqa-compat 'lenient'"):
+        EvalConfig("m", "d", tmp_path, vqa_compat="lenient")
+
+
+def test_cli_refuses_an_unknown_vqa_compat(tmp_path):
+    from typer.testing import CliRunner
+
+    from fastv.cli import _register, app
+
+    _register()
+    res = CliRunner().invoke(app, ["eval", "--vqa-compat", "lenient", "--out", str(tmp_path)])
+    assert (
+        res.exit_code == 2
+        and "--vqa-compat" in res.output
+        and "'lenient' is not one of" in " ".join(res.output.replace("│", " ").split())
+    )
+    assert not tmp_path.joinpath("summary.json").exists()
 
 
 def test_cider_hand_checked():
@@ -84,13 +118,14 @@ def test_cider_hand_checked():
     refs = {"1": ["a small red circle here"], "2": ["one big blue square there"]}
     # Identical captions, disjoint vocabularies: every n-gram has idf log 2, the tf-idf vectors are
     # equal (cosine 1 for n = 1..4), no length penalty: CIDEr-D = 10 x mean(1, 1, 1, 1) = 10.
-    score, per = M.cider({"1": "a small red circle here", "2": "one big blue square there"}, refs)
-    assert score == pytest.approx(10.0)
-    assert per == pytest.approx({"1": 10.0, "2": 10.0})
-    # Sharing no n-gram with the reference scores 0; tokenisation ignores case and punctuation.
-    score, per = M.cider({"1": "A small red circle, here!", "2": "nothing at all matches"}, refs)
-    assert per == pytest.approx({"1": 10.0, "2": 0.0})
-    assert score == pytest.approx(5.0)
+    for tokenizer in ("auto", "fallback"):
+        score, per, _ = M.cider({"1": "a small red circle here", "2": "one big blue square there"}, refs, tokenizer)
+        assert score == pytest.approx(10.0)
+        assert per == pytest.approx({"1": 10.0, "2": 10.0})
+        # Sharing no n-gram with the reference scores 0; tokenisation ignores case and punctuation.
+        score, per, _ = M.cider({"1": "A small red circle, here!", "2": "nothing at all matches"}, refs, tokenizer)
+        assert per == pytest.approx({"1": 10.0, "2": 0.0})
+        assert score == pytest.approx(5.0)
 
 
 # --------------------------------------------------------------------------- data

@@ -5,6 +5,7 @@ Works the same under `accelerate launch -m fastv eval ...` (data-parallel; the m
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 
 import typer
@@ -14,6 +15,13 @@ from fastv.cli import app, make_console
 from fastv.errors import FastVError
 
 DEFAULT_RATIOS = (0.0, 0.25, 0.5, 0.75, 0.9)
+
+
+class VqaCompat(str, Enum):
+    """`--vqa-compat`: how VQA accuracy is reported (see fastv.eval.metrics.vqa_accuracy)."""
+
+    default = "default"
+    official = "official"
 
 
 @app.command("eval")
@@ -52,11 +60,16 @@ def eval_cmd(
     fresh: bool = typer.Option(False, "--fresh", help="Delete earlier results in --out and start over."),
     cpu: bool = typer.Option(False, "--cpu", help="Stay on CPU even where a GPU is visible."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    vqa_compat: VqaCompat = typer.Option(
+        VqaCompat.default,
+        "--vqa-compat",
+        help="VQA accuracy: 'default' (answers always normalised, as lmms-eval) or 'official' (vqaEval.py exactly).",
+    ),
 ) -> None:
     """Run the full model and every (method, budget, K, scorer) on the same samples; write predictions.jsonl,
     summary.{md,csv,json} and pareto.png to --out. Interrupted runs resume where they stopped."""
     from fastv.eval.pipeline import EvalConfig, evaluate
-    from fastv.eval.report import table_cells
+    from fastv.eval.report import cider_note, table_cells
     from fastv.eval.settings import method_grid, parse_list
 
     console = make_console()
@@ -71,7 +84,20 @@ def eval_cmd(
             parse_list(scorer, str, "scorer"),
             mode,
         )
-        cfg = EvalConfig(model, data, out, split, limit, max_new_tokens, dtype, attn, fresh, progress, cpu)
+        cfg = EvalConfig(
+            model,
+            data,
+            out,
+            split,
+            limit,
+            max_new_tokens,
+            dtype,
+            attn,
+            fresh,
+            progress,
+            cpu,
+            vqa_compat=vqa_compat.value,
+        )
         result = evaluate(cfg, settings)
     except (FastVError, FileNotFoundError) as err:
         console.print(f"[red]error:[/red] {err}")
@@ -85,6 +111,9 @@ def eval_cmd(
     for row in cells:
         table.add_row(*row)
     console.print(table)
+    note = cider_note(result.rows)
+    if note:
+        console.print(f"[dim]{note}[/dim]")
     console.print(
         f"[dim]ran {result.ran} new (setting, sample) pairs; wrote "
         + ", ".join(str(p) for p in result.files)

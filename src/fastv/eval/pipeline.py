@@ -11,8 +11,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fastv.errors import FastVError
 from fastv.eval.data import EvalSample, load_samples
-from fastv.eval.report import pareto_plot, summarize, write_summary
+from fastv.eval.metrics import VQA_COMPAT
+from fastv.eval.report import pareto_plot, rescore, summarize, write_summary
 from fastv.eval.runner import Dist, dist_state, run_settings
 from fastv.eval.settings import Setting
 from fastv.eval.store import ResultStore
@@ -31,9 +33,14 @@ class EvalConfig:
     fresh: bool = False
     progress: bool = True
     cpu: bool = False
+    vqa_compat: str = "default"  # how VQA accuracy is reported (fastv.eval.metrics.vqa_accuracy); not a run input
+
+    def __post_init__(self) -> None:
+        if self.vqa_compat not in VQA_COMPAT:
+            raise FastVError(f"--vqa-compat {self.vqa_compat!r}: use {' or '.join(VQA_COMPAT)}")
 
     def manifest(self, settings: list[Setting]) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if k not in ("out", "fresh", "progress", "cpu")}
+        d = {k: v for k, v in asdict(self).items() if k not in ("out", "fresh", "progress", "cpu", "vqa_compat")}
         d["settings"] = [{"name": s.name, **s.params} for s in settings]
         return d
 
@@ -88,7 +95,7 @@ def evaluate(
     names = [s.name for s in settings]
     # A folder can grow over several runs (more methods, budgets): report every setting it holds.
     names += [n for n in dict.fromkeys(r["setting"] for r in store.records(samples=ids)) if n not in names]
-    records = store.records(names, ids)
+    records = rescore(store.records(names, ids), cfg.vqa_compat)
     files = [store.write_merged(records)]
     rows = summarize(records, names)
     files += write_summary(rows, out)

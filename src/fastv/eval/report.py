@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fastv.eval.metrics import cider, normalize_text
+from fastv.eval.caption_tokens import TOKENIZER_NOTES
+from fastv.eval.metrics import cider, normalize_text, sample_scores
 from fastv.eval.settings import FULL, budget_text
 
 LATENCY_FIELDS = ("latency_s", "latency_vs_full", "prefill_s", "prefill_vs_full")
@@ -49,6 +50,14 @@ def _top1(record: dict[str, Any], full: dict[str, Any]) -> bool:
     return record["first_token"]["ids"][0] == full["first_token"]["ids"][0]  # records from older runs
 
 
+def rescore(records: Sequence[dict[str, Any]], vqa_compat: str = "default") -> list[dict[str, Any]]:
+    """Records with their per-sample scores recomputed from prediction and answers: the VQA compat is a
+    reporting choice (no rerun needed), and folders from older fastv versions get today's metrics."""
+    return [
+        {**r, "scores": sample_scores(r["prediction"], r["answers"], r.get("choices"), vqa_compat)} for r in records
+    ]
+
+
 def summarize(records: Sequence[dict[str, Any]], settings: Sequence[str]) -> list[dict[str, Any]]:
     """One row per setting: accuracy per task and on average, retention, exact/VQA/choice/CIDEr, FLOPs,
     prefill time and latency, tokens kept, and loyalty to the full model (same answer, same first
@@ -71,13 +80,12 @@ def summarize(records: Sequence[dict[str, Any]], settings: Sequence[str]) -> lis
         row["vqa"] = _mean([r["scores"]["vqa"] for r in rs])
         choice = [r["scores"]["choice"] for r in rs if "choice" in r["scores"]]
         row["choice"] = _mean(choice)
-        row["cider"] = (
-            cider(
+        row["cider"] = row["cider_tokenizer"] = None
+        if captions:
+            result = cider(
                 {r["sample_id"]: r["prediction"] for r in captions}, {r["sample_id"]: r["answers"] for r in captions}
-            )[0]
-            if captions
-            else None
-        )
+            )
+            row["cider"], row["cider_tokenizer"] = result.score, result.tokenizer
         kinds: dict[str, list[float]] = defaultdict(list)
         for r in scored:
             kinds[r["kind"] or "all"].append(r["scores"][r["scoring"]])
@@ -177,11 +185,18 @@ def table_cells(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[st
     return [h for _, h in cols], cells
 
 
+def cider_note(rows: Sequence[dict[str, Any]]) -> str | None:
+    """Which tokenizer produced the CIDEr column: PTB scores match pycocoevalcap, fallback ones do not."""
+    names = sorted({r["cider_tokenizer"] for r in rows if r.get("cider_tokenizer")})
+    return "CIDEr: " + "; ".join(TOKENIZER_NOTES[n] for n in names) if names else None
+
+
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     header, cells = table_cells(rows)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(c) + " |" for c in cells]
-    return "\n".join(lines) + "\n"
+    note = cider_note(rows)
+    return "\n".join(lines) + "\n" + (f"\n{note}\n" if note else "")
 
 
 def write_summary(rows: Sequence[dict[str, Any]], out: Path) -> list[Path]:
