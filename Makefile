@@ -1,14 +1,46 @@
 # `make test` is the README's test command and what CI runs (.ci/run), on a fresh machine.
-.PHONY: test install
+# It builds one virtual environment per transformers release it tests (under .venvs/):
+#   newest: whatever pip picks inside pyproject's range -> the whole suite
+#   oldest: the range's lower bound (fastv/compat.py OLDEST_TESTED) -> engine, families, methods, default model
+# `make test-transformers V=5.25.0` reruns the whole suite on any release (how the range moves forward).
+.PHONY: test install system-deps test-newest test-oldest test-transformers
+
+PYTHON ?= python3
+VENVS := .venvs
+TORCH := torch==2.13.0
+OLDEST := $(shell sed -n 's/^OLDEST_TESTED = "\(.*\)"/\1/p' src/fastv/compat.py)
+CORE_TESTS := tests/test_compat.py tests/test_engine.py tests/test_families.py tests/test_methods.py \
+	tests/test_stages.py tests/test_default_model.py
 
 install:  ## the library with the CPU torch wheel
-	pip install -q torch==2.13.0 -e .
+	pip install -q $(TORCH) -e .
 
-test:  ## install what the tests need (CPU torch, dev extras, Chromium for the browser test, Java for CIDEr's PTB tokenizer), then run them
+system-deps:  ## Chromium for the demo's browser test, Java for CIDEr's PTB tokenizer
 	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ] || ! command -v java >/dev/null; then \
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver default-jre-headless; \
 	fi
-	pip install -q torch==2.13.0 -e ".[dev]"
-	pip install -q --no-deps lmms-eval==0.7.3  # its full dependency set is heavy; our dev extra has the light part
-	python -m pytest
+
+# $(call venv,NAME,TRANSFORMERS-SPEC): a venv with CPU torch, fastv[dev] and lmms-eval (without its heavy deps)
+define venv
+	@[ -x $(VENVS)/$(1)/bin/python ] || $(PYTHON) -m venv $(VENVS)/$(1)
+	$(VENVS)/$(1)/bin/pip install -q --upgrade $(TORCH) -e ".[dev]"
+	$(if $(2),$(VENVS)/$(1)/bin/pip install -q $(2)  # a second step: a release outside pyproject's range installs too)
+	$(VENVS)/$(1)/bin/pip install -q --no-deps lmms-eval==0.7.3
+	@$(VENVS)/$(1)/bin/python -c "import transformers; print('$(1): transformers', transformers.__version__)"
+endef
+
+test: system-deps test-newest test-oldest  ## the whole suite on the newest release, the core on the oldest
+
+test-newest: system-deps
+	$(call venv,newest,)
+	$(VENVS)/newest/bin/python -m pytest
+
+test-oldest:
+	$(call venv,oldest,"transformers==$(OLDEST)")
+	$(VENVS)/oldest/bin/python -m pytest $(CORE_TESTS)
+
+test-transformers: system-deps  ## make test-transformers V=5.25.0
+	@[ -n "$(V)" ] || { echo "usage: make test-transformers V=<transformers version>"; exit 2; }
+	$(call venv,tf-$(V),"transformers==$(V)")
+	$(VENVS)/tf-$(V)/bin/python -m pytest

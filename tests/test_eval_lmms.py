@@ -136,3 +136,23 @@ def test_local_task_through_lmms_eval(tiny_folder, entry_point, tmp_path, monkey
         assert "exact_match,none" in out["results"]["fastv_tiny_colours"]
     assert outputs["r0"] == outputs["full"]  # FastV keeping every token changes nothing
     assert outputs["drop"] == outputs["mask"]  # dropping tokens = masking them (the engine's reference)
+
+
+def test_lmms_eval_command_line_runs_the_plugin(tiny_folder, tmp_path):
+    """lmms-eval's real command line, as a user runs it, finds fastv through the installed entry point."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    task = _task(tmp_path / "task")
+    out = tmp_path / "results"
+    cmd = [
+        sys.executable, "-m", "lmms_eval", "--model", "fastv", "--tasks", "fastv_tiny_colours",
+        "--model_args", f"pretrained={tiny_folder},device=cpu,k=2,ratio=0.5",
+        "--include_path", str(task), "--batch_size", "1", "--output_path", str(out), "--log_samples",
+    ]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    results = [json.loads(p.read_text()) for p in out.rglob("*results*.json")]
+    assert results, f"no results JSON under {out}: {sorted(str(p) for p in out.rglob('*'))}"
+    assert "exact_match,none" in results[0]["results"]["fastv_tiny_colours"]

@@ -98,6 +98,15 @@ def llava_next(attn: str = "sdpa", seed: int = 0) -> Built:
     return model, {**inputs, "pixel_values": pixels, "image_sizes": image_sizes}
 
 
+def _video_tokens(features, frames: int = 2, newline: bool = False) -> int:
+    """Visual tokens of the first video, across releases: before 5.20 some families return a tuple of
+    per-video tensors, and before 5.19 LLaVA-OneVision's features leave out the newline token that
+    its forward appends after the frames (`newline=True`: a count divisible by `frames` lacks it)."""
+    pooled = features.pooler_output
+    n = int(pooled[0].shape[:-1].numel()) if isinstance(pooled, (tuple, list)) else int(pooled.shape[1])
+    return n + 1 if newline and n % frames == 0 else n
+
+
 def llava_next_video(attn: str = "sdpa", seed: int = 0) -> Built:
     """LLaVA-NeXT any-resolution image in sample 0; a stride-2 pooled 2-frame video + image in sample 1."""
     torch.manual_seed(seed)
@@ -112,7 +121,7 @@ def llava_next_video(attn: str = "sdpa", seed: int = 0) -> Built:
     videos = _randn(1, 2, 3, 28, 28, seed=seed + 2)
     with torch.no_grad():
         n0, n1 = (int(f.shape[0]) for f in model.model.get_image_features(pixels, image_sizes).pooler_output)
-        n_vid = int(model.model.get_video_features(videos).pooler_output.shape[1])
+        n_vid = _video_tokens(model.model.get_video_features(videos))
     inputs = _prompts([[5, (IMAGE, n0), 6], [3, (VIDEO, n_vid), 2, (IMAGE, n1), 4]], seed)
     return model, {
         **inputs, "pixel_values": pixels, "image_sizes": image_sizes, "pixel_values_videos": videos,
@@ -150,7 +159,7 @@ def llava_onevision(attn: str = "sdpa", seed: int = 0) -> Built:
     videos = _randn(1, 2, 3, 28, 28, seed=seed + 2)
     with torch.no_grad():
         feats = model.model.get_image_features(pixels, image_sizes, batch_num_images=torch.tensor([1, 1]))
-        n_vid = int(model.model.get_video_features(videos).pooler_output.shape[1])  # frames + 1 newline
+        n_vid = _video_tokens(model.model.get_video_features(videos), newline=True)  # frames + 1 newline
     n0, n1 = (int(f.shape[0]) for f in feats.pooler_output)
     inputs = _prompts([[5, (IMAGE, n0), 6], [3, (IMAGE, n1), 2, (VIDEO, n_vid), 4]], seed)
     return model, {
