@@ -6,11 +6,13 @@ code, and only the main process writes the manifest, the merged predictions and 
 
 from __future__ import annotations
 
-import shutil
+import contextlib
+import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fastv.errors import FastVError
 from fastv.eval.data import EvalSample, load_samples
 from fastv.eval.report import pareto_plot, summarize, write_summary
 from fastv.eval.runner import Dist, dist_state, run_settings
@@ -58,12 +60,61 @@ def evaluate(
     """Run `settings` on the data; returns the summary on the main process, None on the others."""
     dist = dist or dist_state(cfg.cpu)
     out = Path(cfg.out)
-    if cfg.fresh and dist.is_main and out.exists():
-        shutil.rmtree(out)
+    if out.exists() and not out.is_dir():
+        raise FastVError(f"--out {str(out)!r} is a file: give a folder")
     samples = samples if samples is not None else load_samples(cfg.data, cfg.split, cfg.limit)
     store = ResultStore(out, dist.rank)
-    if dist.is_main:  # the others wait: they would read a manifest being written
-        store.check_manifest(cfg.manifest(settings), write=True)
+    created = not out.exists()
+    with contextlib.ExitStack() as stack:
+        if dist.is_main:  # one run per folder; the others wait: they would read a manifest being written
+            stack.enter_context(store.lock())
+            if cfg.fresh:
+                store.clear()
+        try:
+            return _run(cfg, settings, samples, store, model, processor, dist, on_record)
+        except FastVError:
+            # A refused run leaves no trace that would block the folder (a manifest, or a new empty folder).
+            if dist.is_main and not store.done():
+                store.remove_manifest()
+                if created:
+                    stack.close()
+                    _remove_empty(out)
+            raise
+
+
+def _remove_empty(out: Path) -> None:
+    for child in out.iterdir() if out.is_dir() else []:
+        if child.name != ".lock" and not (child.is_dir() and not any(child.iterdir())):
+            return
+    for child in sorted(out.iterdir(), reverse=True):
+        child.rmdir() if child.is_dir() else child.unlink()
+    out.rmdir()
+
+
+def data_fingerprint(samples: list[EvalSample]) -> str:
+    """One hash over the samples' ids and contents, recorded in the manifest."""
+    h = hashlib.sha1()
+    for s in samples:
+        h.update(f"{s.id}\0{s.fingerprint}\n".encode())
+    return h.hexdigest()
+
+
+def _run(
+    cfg: EvalConfig,
+    settings: list[Setting],
+    samples: list[EvalSample],
+    store: ResultStore,
+    model: Any,
+    processor: Any,
+    dist: Dist,
+    on_record,
+) -> EvalResult | None:
+    out = Path(cfg.out)
+    manifest = {**cfg.manifest(settings), "data_fingerprint": data_fingerprint(samples)}
+    if dist.is_main:
+        store.check_manifest(manifest, write=False)
+        store.check_samples(samples)
+        store.check_manifest(manifest, write=True)
     dist.barrier()
     if model is None:
         from fastv.loading import load_model
