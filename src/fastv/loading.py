@@ -89,7 +89,10 @@ def verify_image_bytes(data: bytes, name: str) -> None:
     except UnidentifiedImageError as err:
         raise FastVError(f"image {name!r} is not an image Pillow can read: give a PNG or JPEG file") from err
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise FastVError(f"image {name!r} is too large to decode safely ({err}); resize it first") from err
+        raise FastVError(
+            f"image {name!r} is over {MAX_IMAGE_PIXELS // 1_000_000} megapixels: a decompression bomb or a mistake; "
+            "resize it first"
+        ) from err
     except Exception as err:  # Pillow raises OSError, SyntaxError, struct.error... for damaged files
         raise FastVError(f"image {name!r} is damaged or truncated ({err}): re-export it as PNG or JPEG") from err
 
