@@ -236,7 +236,7 @@ def test_5_bench_writes_a_new_run_folder_and_never_overwrites_without_force(no_b
     (committed / "image.json").write_text("committed")
     res = cli("bench", "--repeats", "1")
     assert res.exit_code == 0, res.output
-    (_, first, _), = no_benchmark
+    ((_, first, _),) = no_benchmark
     assert first.parent == Path("runs") and first.name.startswith("bench-")
     assert (committed / "image.json").read_text() == "committed"
     res = cli("bench", "--repeats", "1")  # a second run in the same second gets its own folder
@@ -304,8 +304,8 @@ def test_8_load_samples_refuses_a_limit_below_one():
 @pytest.mark.parametrize(
     "content,words",
     [
-        ('{"image": "%s"}\n' % SCENE, ":1: missing or empty 'prompt'"),
-        ('{"image": "%s", "prompt": "x"}\n{not json\n' % SCENE, ":2: not valid JSON"),
+        (json.dumps({"image": str(SCENE)}) + "\n", ":1: missing or empty 'prompt'"),
+        (json.dumps({"image": str(SCENE), "prompt": "x"}) + "\n{not json\n", ":2: not valid JSON"),
         ('{"image": "text.png", "prompt": "x"}\n', ":1: image"),
         (None, "no such file"),
     ],

@@ -8,6 +8,7 @@ valid rest of the command line is fixed per verb.
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def bad(tmp_path_factory):
     frames.mkdir()
     Image.open(SCENE).save(frames / "0.png")
     (d / "no_json.jsonl").write_text("{nope\n")
-    (d / "no_prompt.jsonl").write_text('{"image": "%s"}\n' % SCENE)
+    (d / "no_prompt.jsonl").write_text(json.dumps({"image": str(SCENE)}) + "\n")
     (d / "bad_row.jsonl").write_text('{"image": "text.png", "question": "q", "answer": "a"}\n')
     (d / "a_file").write_text("x")
     return d
