@@ -300,6 +300,20 @@ def test_8_load_samples_refuses_a_limit_below_one():
             load_samples("shapes:test:2:color", limit=bad)
 
 
+def test_8_limit_reads_only_the_rows_it_keeps_and_bad_text_is_named(files, tmp_path):
+    from fastv.eval.data import load_samples
+
+    good = {"image": str(SCENE), "question": "color a3", "answer": "red"}
+    data = _write(tmp_path / "d.jsonl", [good, good | {"image": str(files / "text.png")}])
+    assert len(load_samples(str(data), limit=1)) == 1  # a smoke run does not open row 2's image
+    with pytest.raises(FastVError, match="d.jsonl:2"):
+        load_samples(str(data))
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(json.dumps(good).encode() + b"\n" + '{"question": "caf\u00e9"}'.encode("latin-1") + b"\n")
+    with pytest.raises(FastVError, match="latin.jsonl:2: not UTF-8"):
+        load_samples(str(latin))
+
+
 # ---- 9. analyze --prompts ------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "content,words",

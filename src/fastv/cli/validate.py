@@ -90,7 +90,7 @@ def video_support(info: ModelInfo, has_video: bool, what: str = "--video") -> No
     if has_video and info.video is False:
         raise FastVError(
             f"{what}: {info.name!r} is an image-only {info.model_type} model, it takes images, not videos; "
-            "give --image FILE, or a video model (Video-LLaVA, LLaVA-OneVision, Qwen2-VL...)"
+            "give images instead, or a video model (Video-LLaVA, LLaVA-OneVision, Qwen2-VL...)"
         )
 
 

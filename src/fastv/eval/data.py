@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -225,13 +226,20 @@ def _check_unique(samples: list[EvalSample], source: str) -> list[EvalSample]:
 # --------------------------------------------------------------------------- file formats
 
 
-def load_jsonl(path: Path) -> list[EvalSample]:
-    samples = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
+def load_jsonl(path: Path, limit: int | None = None) -> list[EvalSample]:
+    """Rows of a JSONL file (the first `limit` only: rows past it are not read, nor their images opened)."""
+    samples: list[EvalSample] = []
+    with path.open("rb") as f:  # bytes: a decoding error is then named by its own line
+        for line_no, raw in enumerate(f, start=1):
+            if limit is not None and len(samples) >= limit:
+                break
+            where = f"{path}:{line_no}"
+            try:
+                line = raw.decode("utf-8-sig")  # -sig: a BOM some editors write is not JSON
+            except UnicodeDecodeError as err:
+                raise FastVError(f"{where}: not UTF-8 text ({err.reason}); save the file as UTF-8") from err
             if not line.strip():
                 continue
-            where = f"{path}:{line_no}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
@@ -242,24 +250,27 @@ def load_jsonl(path: Path) -> list[EvalSample]:
     return _check_unique(samples, str(path))
 
 
-def _rows_to_samples(rows: Iterable[dict[str, Any]], source: str, base: Path | None) -> list[EvalSample]:
+def _rows_to_samples(
+    rows: Iterable[dict[str, Any]], source: str, base: Path | None, limit: int | None = None
+) -> list[EvalSample]:
+    rows = itertools.islice(rows, limit)
     samples = [row_to_sample(row, i, f"{source} row {i}", base) for i, row in enumerate(rows)]
     if not samples:
         raise FastVError(f"{source}: no rows")
     return _check_unique(samples, source)
 
 
-def load_parquet(path: Path) -> list[EvalSample]:
+def load_parquet(path: Path, limit: int | None = None) -> list[EvalSample]:
     import pyarrow.parquet as pq
 
     files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
     rows: list[dict[str, Any]] = []
     for f in files:
         rows.extend(pq.read_table(f).to_pylist())
-    return _rows_to_samples(rows, str(path), path if path.is_dir() else path.parent)
+    return _rows_to_samples(rows, str(path), path if path.is_dir() else path.parent, limit)
 
 
-def load_hf_disk(path: Path, split: str | None) -> list[EvalSample]:
+def load_hf_disk(path: Path, split: str | None, limit: int | None = None) -> list[EvalSample]:
     try:
         import datasets
     except ImportError as err:
@@ -273,7 +284,7 @@ def load_hf_disk(path: Path, split: str | None) -> list[EvalSample]:
         ds, source = ds[chosen], f"{path}[{chosen}]"
     else:
         source = str(path)
-    return _rows_to_samples(iter(ds), source, path)
+    return _rows_to_samples(iter(ds), source, path, limit)
 
 
 def load_samples(spec: str, split: str | None = None, limit: int | None = None) -> list[EvalSample]:
@@ -289,13 +300,13 @@ def load_samples(spec: str, split: str | None = None, limit: int | None = None) 
         if not path.exists():
             raise FastVError(f"--data {spec!r}: no such file or folder (or use 'shapes' for the built-in benchmark)")
         if path.suffix in (".jsonl", ".json"):
-            samples = load_jsonl(path)
+            samples = load_jsonl(path, limit)
         elif path.suffix == ".parquet" or (path.is_dir() and any(path.glob("*.parquet"))):
-            samples = load_parquet(path)
+            samples = load_parquet(path, limit)
         elif path.is_dir() and any(
             (path / f).exists() for f in ("dataset_dict.json", "state.json", "dataset_info.json")
         ):
-            samples = load_hf_disk(path, split)
+            samples = load_hf_disk(path, split, limit)
         else:
             raise FastVError(
                 f"--data {spec!r}: unknown format; give a .jsonl file, parquet, or a datasets save_to_disk folder"
