@@ -21,6 +21,10 @@ def demo(
     """Start the demo (needs the `demo` extra: pip install 'fastv-lvlm[demo]'); Ctrl+C stops it."""
     console = make_console()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo never downloads: local models only
+    validate.model(model)
+    validate.dtype(dtype)
+    validate.max_new_tokens(max_new_tokens)
+    validate.port(host, port)  # a busy port is refused now, not after Gradio and the model loaded
     try:
         from fastv.demo.app import serve, serve_forever
     except ImportError as err:
@@ -28,10 +32,6 @@ def demo(
     from fastv.demo.logic import Demo
     from fastv.loading import load_model
 
-    validate.model(model)
-    validate.dtype(dtype)
-    validate.max_new_tokens(max_new_tokens)
-    validate.port(host, port)  # a busy port is refused now, not after the model loaded
     net, processor = load_model(model, dtype=dtype)
     runner = Demo(net, processor, name=model, max_new_tokens=max_new_tokens)
     console.print("[dim]warming up the model...[/dim]")
