@@ -349,6 +349,26 @@ def test_10_a_ratio_that_keeps_no_visual_token_warns():
     assert "warning: the pruning kept 0 of 144 visual tokens" in res.stderr
 
 
+def test_10_eval_notes_a_setting_that_kept_no_visual_token(tiny, tmp_path):
+    from fastv.eval import EvalConfig, evaluate, fastv_grid
+    from fastv.eval.pipeline import edge_notes
+    from fastv.eval.runner import Dist
+
+    folder, model, processor = tiny
+    cfg = EvalConfig(str(folder), "shapes:test:1:color", tmp_path / "o", max_new_tokens=1, progress=False)
+    result = evaluate(cfg, fastv_grid([1], [0.5, 0.99]), model, processor, dist=Dist())  # 16 tokens: 0.99 keeps 0
+    assert result.notes == [
+        "'fastv k=1 r=0.99' kept 0 visual tokens on 1 of 1 samples: those answers never saw the image; "
+        "use a smaller --ratio or a larger --keep"
+    ]
+    long = {"setting": "full", "sample_id": "a", "n_visual": 1, "n_kept": 1, "prompt_len": 510, "new_tokens": 3}
+    assert edge_notes([long], 512) == [
+        "1 sample(s) run past the model's context window of 512 tokens (first: 'a'): their answers are "
+        "meaningless; shorten those prompts or use fewer images"
+    ]
+    assert edge_notes([long], 513) == []
+
+
 def test_10_max_new_tokens_0_is_refused_up_front():
     refused(cli("generate", "--prompt", "x", "--image", SCENE, "--max-new-tokens", "0"), "--max-new-tokens 0")
     refused(cli("eval", "--max-new-tokens", "0"), "--max-new-tokens 0")

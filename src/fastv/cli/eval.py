@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from fastv.cli import app, make_console, validate
+from fastv.cli import app, make_console, validate, warn
 
 DEFAULT_RATIOS = (0.0, 0.25, 0.5, 0.75, 0.9)
 
@@ -98,3 +98,5 @@ def eval_cmd(
         + ", ".join(str(p) for p in result.files)
         + "[/dim]"
     )
+    for note in result.notes:
+        warn(note)

@@ -46,6 +46,7 @@ class EvalResult:
     out: Path
     files: list[Path] = field(default_factory=list)
     ran: int = 0
+    notes: list[str] = field(default_factory=list)  # results that are correct but probably not what was meant
 
 
 def evaluate(
@@ -146,4 +147,31 @@ def _run(
     plot = pareto_plot(rows, out / "pareto.png", title=f"{cfg.model} on {cfg.data}")
     if plot is not None:
         files.append(plot)
-    return EvalResult(rows, out, files, ran)
+    return EvalResult(rows, out, files, ran, edge_notes(records, _context_window(model)))
+
+
+def _context_window(model: Any) -> int | None:
+    config = getattr(model, "config", None)
+    window = getattr(getattr(config, "text_config", None) or config, "max_position_embeddings", None)
+    return window if isinstance(window, int) else None
+
+
+def edge_notes(records: list[dict[str, Any]], window: int | None) -> list[str]:
+    """Settings that kept no visual token on some samples, and samples past the context window."""
+    notes = []
+    for name in dict.fromkeys(r["setting"] for r in records):
+        rs = [r for r in records if r["setting"] == name and r["n_visual"]]
+        empty = sum(1 for r in rs if not r["n_kept"])
+        if empty:
+            notes.append(
+                f"{name!r} kept 0 visual tokens on {empty} of {len(rs)} samples: those answers never saw the "
+                "image; use a smaller --ratio or a larger --keep"
+            )
+    if window:
+        long = list(dict.fromkeys(r["sample_id"] for r in records if r["prompt_len"] + r["new_tokens"] > window))
+        if long:
+            notes.append(
+                f"{len(long)} sample(s) run past the model's context window of {window} tokens (first: "
+                f"{long[0]!r}): their answers are meaningless; shorten those prompts or use fewer images"
+            )
+    return notes
