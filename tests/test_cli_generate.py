@@ -51,7 +51,7 @@ def test_generate_json_and_no_fastv(model_dir, image):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--k", "9"], "k=9 is out of range"),
+        (["--k", "9"], "--k 9: "),
         (["--ratio", "1.5"], "outside [0, 1)"),
         (["--image", "missing.png"], "does not exist"),
     ],

@@ -42,3 +42,30 @@ def answer(
     tokenizer = getattr(processor, "tokenizer", processor)
     text = tokenizer.decode(new, skip_special_tokens=True).strip()
     return Answer(text, new, stats, seconds)
+
+
+def context_note(model: torch.nn.Module, inputs: dict[str, Any], max_new_tokens: int = 0) -> str | None:
+    """A note when the prompt (plus the answer) runs past the model's context window: the model then
+    answers, but from positions it never saw in training, so the answer is garbage."""
+    config = getattr(model, "config", None)
+    text = getattr(config, "text_config", None) or config
+    window = getattr(text, "max_position_embeddings", None)
+    if not isinstance(window, int) or "input_ids" not in inputs:
+        return None
+    n = int(inputs["input_ids"].shape[1])
+    if n + max_new_tokens <= window:
+        return None
+    return (
+        f"the prompt has {n} tokens (+{max_new_tokens} to generate) but the model's context window is {window}: "
+        "expect a meaningless answer; shorten the prompt or use fewer/smaller images"
+    )
+
+
+def kept_note(stats: PruneStats | None) -> str | None:
+    """A note when pruning left no visual token: the answer then never saw the image."""
+    if stats is None or not sum(stats.num_visual) or sum(stats.num_kept):
+        return None
+    return (
+        f"the pruning kept 0 of {sum(stats.num_visual)} visual tokens: the answer never saw the image; "
+        "use a smaller --ratio or --keep N"
+    )

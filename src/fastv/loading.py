@@ -6,17 +6,23 @@ through `AutoModelForImageTextToText`, `AutoProcessor` and the processor's own c
 
 from __future__ import annotations
 
+import hashlib
+import io
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from fastv.errors import FastVError
 
 ImageLike = str | Path | Image.Image
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
+# Decompression-bomb guard: a vision-language model resizes every picture to a few hundred pixels a
+# side, so a picture over 50 megapixels is a mistake or an attack, never a useful input.
+MAX_IMAGE_PIXELS = 50_000_000
 
 
 def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -60,13 +66,67 @@ def load_model(name_or_path: str, dtype: str | torch.dtype = "float32", attn: st
     return model.eval(), processor
 
 
+def verify_image_bytes(data: bytes, name: str) -> None:
+    """Refuse what Pillow cannot decode completely: empty, not an image, damaged or truncated, or a
+    decompression bomb. Checked up front (before a model loads, before row 9,000 of an eval)."""
+    if not data:
+        raise FastVError(f"image {name!r} is empty (0 bytes): give a PNG or JPEG file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise FastVError(
+                        f"image {name!r} is {width}x{height} pixels (over {MAX_IMAGE_PIXELS // 1_000_000} megapixels): "
+                        "a decompression bomb or a mistake; resize it first"
+                    )
+                im.verify()  # checksums and structure, without decoding
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()  # decode: catches truncated pixel data that verify() lets through
+    except FastVError:
+        raise
+    except UnidentifiedImageError as err:
+        raise FastVError(f"image {name!r} is not an image Pillow can read: give a PNG or JPEG file") from err
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise FastVError(
+            f"image {name!r} is over {MAX_IMAGE_PIXELS // 1_000_000} megapixels: a decompression bomb or a mistake; "
+            "resize it first"
+        ) from err
+    except Exception as err:  # Pillow raises OSError, SyntaxError, struct.error... for damaged files
+        raise FastVError(f"image {name!r} is damaged or truncated ({err}): re-export it as PNG or JPEG") from err
+
+
+def check_image_file(path: str | Path) -> str:
+    """Verify an image file (see `verify_image_bytes`); returns the SHA-1 of its bytes (a content fingerprint)."""
+    path = Path(path)
+    if path.is_dir():
+        raise FastVError(f"image {str(path)!r} is a folder: give an image file (a folder of frames is a --video)")
+    if not path.is_file():
+        raise FastVError(f"image {str(path)!r} does not exist")
+    data = path.read_bytes()
+    verify_image_bytes(data, str(path))
+    return hashlib.sha1(data).hexdigest()
+
+
+def frame_files(video: str | Path) -> list[Path]:
+    """The frame images of a video folder, sorted by name; refuses a file or a folder without frames."""
+    path = Path(video)
+    if not path.is_dir():
+        raise FastVError(f"video {str(path)!r}: give a folder of frame images (video files are not decoded)")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in FRAME_SUFFIXES and p.is_file())
+    if not files:
+        raise FastVError(f"no frame images ({', '.join(FRAME_SUFFIXES)}) in {str(path)!r}")
+    return files
+
+
 def load_image(image: ImageLike) -> Image.Image:
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     path = Path(image)
-    if not path.is_file():
-        raise FastVError(f"image {str(path)!r} does not exist")
-    return Image.open(path).convert("RGB")
+    check_image_file(path)
+    with Image.open(path) as im:
+        return im.convert("RGB")
 
 
 def load_frames(video: str | Path | Sequence[ImageLike]) -> list[Image.Image]:
@@ -75,13 +135,7 @@ def load_frames(video: str | Path | Sequence[ImageLike]) -> list[Image.Image]:
     Decoding video files needs extra packages (av/decord/torchvision); frames keep this offline.
     """
     if isinstance(video, (str, Path)):
-        path = Path(video)
-        if not path.is_dir():
-            raise FastVError(f"video {str(path)!r}: give a folder of frame images (video files are not decoded)")
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
-        if not files:
-            raise FastVError(f"no frame images ({', '.join(FRAME_SUFFIXES)}) in {str(path)!r}")
-        video = files
+        video = frame_files(video)
     return [load_image(f) for f in video]
 
 

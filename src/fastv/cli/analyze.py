@@ -13,7 +13,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from fastv.cli import app, make_console
+from fastv.cli import app, make_console, validate, warn
 from fastv.errors import FastVError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -47,22 +47,49 @@ def _table(result: Any, title: str, layers: list[int] | None = None) -> Table:
     return table
 
 
-def _samples(image: list[Path], prompt: str, prompts: Path | None) -> list[tuple[str, list[Path], str]]:
-    """(name, images, prompt) per prompt to aggregate over."""
-    if prompts is not None:
-        out = []
-        for n, line in enumerate(prompts.read_text().splitlines()):
-            if not line.strip():
-                continue
+def _prompts_file(prompts: Path) -> list[tuple[str, list[Path], str]]:
+    """Rows of a --prompts JSONL, each checked (JSON, a prompt, readable images) with its file:line named."""
+    if not prompts.is_file():
+        raise FastVError(f'--prompts {str(prompts)!r}: no such file; give a JSONL of {{"image": ..., "prompt": ...}}')
+    out = []
+    for n, line in enumerate(prompts.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{prompts}:{n}"
+        try:
             item = json.loads(line)
-            paths = item.get("image") or item.get("images") or []
-            paths = [paths] if isinstance(paths, str) else paths
-            out.append((item.get("name", f"{n:05d}"), [prompts.parent / p for p in paths], item["prompt"]))
-        return out
+        except json.JSONDecodeError as err:
+            raise FastVError(f"{where}: not valid JSON ({err.msg})") from err
+        if not isinstance(item, dict):
+            raise FastVError(f'{where}: expected an object like {{"image": "a.png", "prompt": "..."}}')
+        text = item.get("prompt")
+        if not isinstance(text, str) or not text.strip():
+            raise FastVError(f"{where}: missing or empty 'prompt' (a string)")
+        paths = item.get("image") or item.get("images") or []
+        paths = [paths] if isinstance(paths, str) else paths
+        if not paths or not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise FastVError(f"{where}: 'image' must be a path (or 'images' a list of paths)")
+        files = [prompts.parent / p for p in paths]
+        for f in files:
+            try:
+                validate.images([f])
+            except FastVError as err:
+                raise FastVError(f"{where}: {err}") from err
+        out.append((str(item.get("name", f"{n - 1:05d}")), files, text))
+    if not out:
+        raise FastVError(f"--prompts {str(prompts)!r} holds no rows")
+    return out
+
+
+def _samples(image: list[Path], prompt: str, prompts: Path | None) -> list[tuple[str, list[Path], str]]:
+    """(name, images, prompt) per prompt to aggregate over, every image verified."""
+    if prompts is not None:
+        return _prompts_file(prompts)
     folder = image[0]
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise FastVError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {str(folder)!r}")
+    validate.images(files)
     return [(p.stem, [p], prompt) for p in files]
 
 
@@ -89,39 +116,61 @@ def analyze(
 ) -> None:
     """Per layer, the share of attention each token group gets; heat maps over the image; JSON + PNGs."""
     from fastv import analysis, plots
+    from fastv.engine import FastV
     from fastv.families import resolve
     from fastv.loading import build_inputs, load_model, to_model
 
-    try:
-        aggregate_mode = prompts is not None or (len(image) == 1 and image[0].is_dir())
-        net, processor = load_model(model, dtype=dtype, attn=attn)
-        wanted = _parse_layers(layers)
-        if wanted is not None:
-            wanted = analysis.layer_indices(wanted, resolve(net).num_layers)
-        out.mkdir(parents=True, exist_ok=True)
-        # Every layer is cheap (a few query rows each): the charts show them all, --layers picks
-        # the table rows and heat maps.
-        options = dict(query=query, max_new_tokens=max_new_tokens, k=k, ratio=ratio)
-        if aggregate_mode:
-            _aggregate(net, processor, _samples(image, prompt, prompts), options, out, wanted)
-            return
-        from fastv.loading import load_frames, load_image
-
-        inputs = to_model(build_inputs(processor, image, prompt, video), net)
-        pictures: list[Any] = [load_image(p) for p in image]
+    info = validate.model(model)
+    validate.dtype(dtype)
+    validate.attn(attn)
+    validate.at_least("--max-new-tokens", max_new_tokens, 0)
+    FastV(k=k, ratio=ratio)  # refuses a bad K or R now, before the model loads
+    validate.layer("--k", k, info)
+    if matrix_layer is not None:
+        validate.layer("--matrix-layer", matrix_layer, info)
+    if query not in analysis.QUERIES:
+        raise FastVError(f"--query {query!r}: choose {' | '.join(analysis.QUERIES)}")
+    wanted = _parse_layers(layers)
+    validate.new_file_folder("--out", out)
+    aggregate_mode = prompts is not None or (len(image) == 1 and image[0].is_dir())
+    if aggregate_mode:
         if video is not None:
-            pictures.append(load_frames(video))
-        result = analysis.analyze(
-            net,
-            inputs,
-            matrix_layer=k if matrix_layer is None else matrix_layer,
-            images=[pictures],
-            processor=processor,
-            **options,
-        )
-    except FastVError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from err
+            raise FastVError("--video is for one prompt: drop --prompts / the image folder, or --video")
+        samples = _samples(image, prompt, prompts)
+    else:
+        if not image and video is None:
+            raise FastVError("give --image FILE (or one folder of images, --prompts FILE.jsonl, or --video FRAMES_DIR)")
+        validate.video_support(info, video is not None)
+        validate.images(image)
+        validate.video(video)
+    net, processor = load_model(model, dtype=dtype, attn=attn)
+    validate.loaded_video_support(net, video is not None)
+    if wanted is not None:
+        wanted = analysis.layer_indices(wanted, resolve(net).num_layers)
+    out.mkdir(parents=True, exist_ok=True)
+    # Every layer is cheap (a few query rows each): the charts show them all, --layers picks
+    # the table rows and heat maps.
+    options = dict(query=query, max_new_tokens=max_new_tokens, k=k, ratio=ratio)
+    if aggregate_mode:
+        _aggregate(net, processor, samples, options, out, wanted)
+        return
+    from fastv.generate import context_note
+    from fastv.loading import load_frames, load_image
+
+    inputs = to_model(build_inputs(processor, image, prompt, video), net)
+    if note := context_note(net, inputs, max_new_tokens):
+        warn(note)
+    pictures: list[Any] = [load_image(p) for p in image]
+    if video is not None:
+        pictures.append(load_frames(video))
+    result = analysis.analyze(
+        net,
+        inputs,
+        matrix_layer=k if matrix_layer is None else matrix_layer,
+        images=[pictures],
+        processor=processor,
+        **options,
+    )
     paths = {"json": result.save_json(out / "analysis.json"), **plots.save_all(result, out, wanted)}
     console.print(_table(result, _title(result, model), wanted))
     for note in result.notes:

@@ -1,22 +1,92 @@
-"""`fastv bench`: prefill/decode timing of FastV vs the unpatched model, against the FLOPs prediction."""
+"""`fastv bench`: prefill/decode timing of FastV vs the unpatched model, against the FLOPs prediction.
+
+Everything is checked before a model is built (building a 7B-wide model takes tens of seconds), and
+results go to a new folder per run unless `--out` names one: committed results are never overwritten
+without `--force`.
+"""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import typer
 from rich.markdown import Markdown
 
-from fastv.cli import app, make_console
+from fastv.cli import app, make_console, validate
+from fastv.errors import FastVError
+from fastv.eval.settings import parse_list
+
+BENCH_DTYPES = ("bfloat16", "float32", "float16")
+OUTPUTS = (".json", ".png", ".md")
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(x) for x in text.split(",") if x.strip())
+def _model_layers(model: str) -> int:
+    """The language model's depth of a known shape or a checkpoint folder (refuses anything else)."""
+    from fastv.model_shapes import KNOWN_SHAPES
+
+    if model.lower() in KNOWN_SHAPES:
+        return int(KNOWN_SHAPES[model.lower()].text["num_hidden_layers"])
+    path = Path(model)
+    if path.is_dir():
+        info = validate.model(model)
+        if info.num_layers is None:
+            raise FastVError(f"--model {model!r}: its config.json names no num_hidden_layers")
+        return info.num_layers
+    raise FastVError(
+        f"--model {model!r}: not a known shape ({', '.join(KNOWN_SHAPES)}; see `fastv flops --list`) "
+        "nor a save_pretrained folder"
+    )
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(",") if x.strip())
+def check_config(cfg) -> None:
+    """Refuse a benchmark configuration that would fail (or mislead) after the model is built."""
+    validate.dtype(cfg.dtype, BENCH_DTYPES)
+    validate.at_least("--repeats", cfg.repeats, 1, "the median needs at least one measured round")
+    validate.at_least("--warmup", cfg.warmup, 0)
+    validate.at_least("--new-tokens", cfg.new_tokens, 1)
+    validate.at_least("--frames", cfg.frames, 1)
+    validate.at_least("--threads", cfg.threads, 1)
+    validate.at_least("--layers", cfg.layers, 0, "0 keeps every layer")
+    if not cfg.ks:
+        raise FastVError("--ks: give at least one K, e.g. --ks 1,2,3")
+    if not cfg.ratios:
+        raise FastVError("--ratios: give at least one R, e.g. --ratios 0.5,0.75")
+    for r in cfg.ratios:
+        validate.ratio("--ratios", r)
+    depth = _model_layers(cfg.model)
+    if cfg.layers:
+        depth = min(depth, cfg.layers)
+    for k in sorted({*cfg.ks, cfg.overhead_k}):
+        if k < 1:
+            raise FastVError(f"--ks {k}: FastV scores attention at layer K-1, so K >= 1")
+        if k >= depth:
+            what = f"--ks {k}" if k in cfg.ks else f"the overhead setting's K={k}"
+            raise FastVError(
+                f"{what}: the benchmarked model has {depth} language-model layers; give K in 1..{depth - 1}"
+                + (" or more --layers" if cfg.layers else "")
+            )
+
+
+def _default_out() -> Path:
+    """A new folder per run: runs/bench-<UTC time> (with a suffix if two start in one second)."""
+    base = Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
+
+
+def _check_out(out: Path, stems: list[str], force: bool) -> None:
+    validate.new_file_folder("--out", out)
+    taken = [out / f"{stem}{ext}" for stem in stems for ext in OUTPUTS if (out / f"{stem}{ext}").exists()]
+    if taken and not force:
+        raise FastVError(
+            f"--out {str(out)!r} already holds {', '.join(p.name for p in taken)}: give another --out or --name, "
+            "or --force to overwrite"
+        )
 
 
 @app.command("bench")
@@ -32,22 +102,28 @@ def bench_cmd(
     new_tokens: int | None = typer.Option(None, "--new-tokens", help="Tokens generated per call."),
     dtype: str | None = typer.Option(None, "--dtype", help="bfloat16 or float32."),
     threads: int | None = typer.Option(None, "--threads", help="torch threads (default 1)."),
-    out: Path = typer.Option(Path("benchmarks/results"), "--out", help="Folder for JSON, PNG and markdown."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Folder for JSON, PNG and markdown (default: a new runs/bench-<UTC time>)."
+    ),
     name: str | None = typer.Option(None, "--name", help="File stem of the outputs (default: the suite)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite outputs of the same name in --out."),
 ) -> None:
     """Time the full model and FastV(K, R), alternating in one process; write JSON + PNG + table."""
     from fastv import benchmark as B
 
     console = make_console()
     suites = list(B.SUITES) if suite == "all" else [suite]
-    for s in suites:
-        if s not in B.SUITES:
-            raise typer.BadParameter(f"unknown suite {s!r}: choose from {', '.join(B.SUITES)} or all")
+    if any(s not in B.SUITES for s in suites):
+        raise FastVError(f"--suite {suite!r}: choose from {', '.join(B.SUITES)} or all")
+    if name is not None and (not name.strip() or Path(name).name != name or name.startswith(".")):
+        raise FastVError(f"--name {name!r}: give a plain file stem (no folders), e.g. --name image-cpu")
+    plan = []
+    for s in suites:  # every suite checked before the first one runs
         overrides = {
             "model": model,
             "layers": layers,
-            "ks": _ints(ks) if ks else None,
-            "ratios": _floats(ratios) if ratios else None,
+            "ks": tuple(parse_list(ks, int, "ks")) if ks is not None else None,
+            "ratios": tuple(parse_list(ratios, float, "ratios")) if ratios is not None else None,
             "frames": frames,
             "repeats": repeats,
             "warmup": warmup,
@@ -56,9 +132,14 @@ def bench_cmd(
             "threads": threads,
         }
         cfg = replace(B.SUITES[s], **{k: v for k, v in overrides.items() if v is not None})
+        check_config(cfg)
         if cfg.layers == 0:
             cfg = replace(cfg, layers=None)
         stem = name if name and len(suites) == 1 else (f"{name}-{s}" if name else s)
+        plan.append((s, cfg, stem))
+    out = out if out is not None else _default_out()
+    _check_out(out, [stem for _, _, stem in plan], force)
+    for s, cfg, stem in plan:
         console.print(f"[bold]fastv bench[/bold] {s}: {cfg}")
         result = B.run_and_save(cfg, out, stem)
         console.print(result.model)

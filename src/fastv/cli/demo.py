@@ -6,7 +6,7 @@ import os
 
 import typer
 
-from fastv.cli import app, make_console
+from fastv.cli import app, make_console, validate
 from fastv.errors import FastVError
 
 
@@ -21,21 +21,24 @@ def demo(
     """Start the demo (needs the `demo` extra: pip install 'fastv-lvlm[demo]'); Ctrl+C stops it."""
     console = make_console()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo never downloads: local models only
+    validate.model(model)
+    validate.dtype(dtype)
+    validate.max_new_tokens(max_new_tokens)
+    validate.port(host, port)  # a busy port is refused now, not after Gradio and the model loaded
     try:
-        from fastv.demo.app import serve
+        from fastv.demo.app import serve, serve_forever
     except ImportError as err:
-        console.print(f"[red]error:[/red] the demo needs Gradio: pip install 'fastv-lvlm[demo]' ({err})")
-        raise typer.Exit(2) from err
+        raise FastVError(f"the demo needs Gradio: pip install 'fastv-lvlm[demo]' ({err})") from err
     from fastv.demo.logic import Demo
     from fastv.loading import load_model
 
-    try:
-        net, processor = load_model(model, dtype=dtype)
-        runner = Demo(net, processor, name=model, max_new_tokens=max_new_tokens)
-    except (FastVError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from err
+    net, processor = load_model(model, dtype=dtype)
+    runner = Demo(net, processor, name=model, max_new_tokens=max_new_tokens)
     console.print("[dim]warming up the model...[/dim]")
     runner.warmup()
+    try:
+        page = serve(runner, host=host, port=port, block=False)
+    except OSError as err:  # taken between the check and now
+        raise FastVError(f"cannot serve on {host}:{port} ({err}): pick another with --port {port + 1}") from err
     console.print(f"fastv demo on http://{host}:{port}  (model: {model}; Ctrl+C to stop)")
-    serve(runner, host=host, port=port)
+    serve_forever(page)

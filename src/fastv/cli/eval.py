@@ -11,8 +11,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from fastv.cli import app, make_console
-from fastv.errors import FastVError
+from fastv.cli import app, make_console, validate, warn
 
 DEFAULT_RATIOS = (0.0, 0.25, 0.5, 0.75, 0.9)
 
@@ -68,40 +67,38 @@ def eval_cmd(
 ) -> None:
     """Run the full model and every (method, budget, K, scorer) on the same samples; write predictions.jsonl,
     summary.{md,csv,json} and pareto.png to --out. Interrupted runs resume where they stopped."""
+    from fastv.eval.data import load_samples
     from fastv.eval.pipeline import EvalConfig, evaluate
     from fastv.eval.report import cider_note, table_cells
     from fastv.eval.settings import method_grid, parse_list
 
     console = make_console()
-    try:
-        keeps = parse_list(keep, int, "keep") if keep is not None else []
-        ratios = parse_list(ratio, float, "ratio") if ratio is not None else [] if keeps else list(DEFAULT_RATIOS)
-        settings = method_grid(
-            parse_list(method, str, "method"),
-            keeps,
-            ratios,
-            parse_list(k, int, "k") if k is not None else None,
-            parse_list(scorer, str, "scorer"),
-            mode,
-        )
-        cfg = EvalConfig(
-            model,
-            data,
-            out,
-            split,
-            limit,
-            max_new_tokens,
-            dtype,
-            attn,
-            fresh,
-            progress,
-            cpu,
-            vqa_compat=vqa_compat.value,
-        )
-        result = evaluate(cfg, settings)
-    except (FastVError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from err
+    info = validate.model(model)
+    validate.dtype(dtype)
+    validate.attn(attn)
+    validate.max_new_tokens(max_new_tokens)
+    validate.at_least("--limit", limit, 1, "or leave --limit out to evaluate every sample")
+    validate.new_file_folder("--out", out)
+    keeps = parse_list(keep, int, "keep") if keep is not None else []
+    ratios = parse_list(ratio, float, "ratio") if ratio is not None else [] if keeps else list(DEFAULT_RATIOS)
+    settings = method_grid(
+        parse_list(method, str, "method"),
+        keeps,
+        ratios,
+        parse_list(k, int, "k") if k is not None else None,
+        parse_list(scorer, str, "scorer"),
+        mode,
+    )
+    for s in settings:
+        if "k" in s.params:
+            validate.layer("--k", s.params["k"], info)
+    samples = load_samples(data, split, limit)  # every row and image checked before the model loads
+    if with_video := next((s for s in samples if s.video), None):
+        validate.video_support(info, True, f"--data row {with_video.id!r} has a video")
+    cfg = EvalConfig(
+        model, data, out, split, limit, max_new_tokens, dtype, attn, fresh, progress, cpu, vqa_compat=vqa_compat.value
+    )
+    result = evaluate(cfg, settings, samples=samples)
     if result is None:  # not the main process: it has nothing to print
         return
     header, cells = table_cells(result.rows)
@@ -119,3 +116,5 @@ def eval_cmd(
         + ", ".join(str(p) for p in result.files)
         + "[/dim]"
     )
+    for note in result.notes:
+        warn(note)

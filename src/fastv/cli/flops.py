@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 
 import typer
 from rich.table import Table
 
 from fastv import flops as F
-from fastv.cli import app, make_console
+from fastv.cli import app, make_console, validate
+from fastv.errors import FastVError
+from fastv.eval.settings import parse_list
 from fastv.model_shapes import KNOWN_SHAPES
 
 
@@ -50,6 +53,32 @@ def _report_table(rows: list[F.FlopsReport], title: str) -> Table:
     return table
 
 
+def _check(
+    k: int,
+    ratio: float,
+    keep: int | None,
+    visual_tokens: int | None,
+    text_tokens: int,
+    frames: int | None,
+    batch: int,
+    budget: float | None,
+    scope: str,
+) -> None:
+    validate.at_least("--k", k, 0)
+    validate.ratio("--ratio", ratio)
+    validate.at_least("--keep", keep, 0)
+    validate.at_least("--visual-tokens", visual_tokens, 1)
+    validate.at_least("--text-tokens", text_tokens, 0)
+    validate.at_least("--frames", frames, 1)
+    validate.at_least("--batch", batch, 1)
+    if keep is not None and visual_tokens is not None and keep > visual_tokens:
+        raise FastVError(f"--keep {keep} is more than --visual-tokens {visual_tokens}")
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
+        raise FastVError(f"--budget {budget}: give a fraction of the full model's FLOPs > 0, e.g. 0.5")
+    if scope not in ("total", "llm"):
+        raise FastVError(f"--scope {scope!r}: choose total or llm")
+
+
 @app.command("flops")
 def flops_cmd(
     model: list[str] = typer.Option(
@@ -79,13 +108,16 @@ def flops_cmd(
     if list_models:
         console.print(_known_table())
         return
+    _check(k, ratio, keep, visual_tokens, text_tokens, frames, batch, budget, scope)
     common = dict(n_visual=visual_tokens, n_text=text_tokens, frames=frames, batch_size=batch)
     try:
         if budget is None:
             rows = [F.estimate(m, k=k, ratio=ratio, kept=keep, **common) for m in model]
             title = f"Prefill FLOPs, FastV K={k} " + (f"keep={keep}" if keep is not None else f"R={ratio:g}")
         else:
-            k_list = [int(x) for x in ks.split(",") if x.strip()]
+            k_list = parse_list(ks, int, "ks")
+            if not k_list or min(k_list) < 0:
+                raise FastVError(f"--ks {ks!r}: give layers K >= 0, e.g. 1,2,3")
             ref_name = budget_model or None
             rows = []
             for m in model:
@@ -94,8 +126,10 @@ def flops_cmd(
                 rows += F.solve_budget(m, target, ks=k_list, scope=scope, **common)
             against = f"{ref_name}'s full" if ref_name else "the full model's"
             title = f"Settings within {budget:g} x {against} {scope} FLOPs (mildest R per K)"
-    except ValueError as err:
-        raise typer.BadParameter(str(err)) from err
+    except FastVError:
+        raise
+    except ValueError as err:  # unknown model, K past the last layer, keep above the visual tokens...
+        raise FastVError(str(err)) from err
     if as_json:
         typer.echo(json.dumps([r.to_dict() for r in rows], indent=2))
         return

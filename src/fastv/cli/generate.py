@@ -7,10 +7,10 @@ from pathlib import Path
 
 import typer
 
-from fastv.cli import app, make_console
+from fastv.cli import app, make_console, validate, warn
 from fastv.engine import FastV
 from fastv.errors import FastVError
-from fastv.generate import answer
+from fastv.generate import answer, context_note, kept_note
 from fastv.loading import build_inputs, load_model, to_model
 
 
@@ -43,16 +43,26 @@ def generate(
 ) -> None:
     """Print the answer and what FastV kept: visual tokens kept / total and sequence length per layer."""
     console = make_console()
-    try:
-        pruner = None if no_fastv else FastV(k=k, ratio=ratio, keep=keep, scorer=scorer)
-        if not image and video is None:
-            raise FastVError("give --image FILE (or --video FRAMES_DIR): FastV prunes visual tokens")
-        net, processor = load_model(model, dtype=dtype, attn=attn)
-        inputs = to_model(build_inputs(processor, image, prompt, video=video), net)
-        result = answer(net, processor, inputs, pruner, max_new_tokens=max_new_tokens)
-    except (FastVError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from err
+    pruner = None if no_fastv else FastV(k=k, ratio=ratio, keep=keep, scorer=scorer)
+    if not image and video is None:
+        raise FastVError("give --image FILE (or --video FRAMES_DIR): FastV prunes visual tokens")
+    info = validate.model(model)
+    validate.dtype(dtype)
+    validate.attn(attn)
+    validate.max_new_tokens(max_new_tokens)
+    if pruner is not None:
+        validate.layer("--k", k, info)
+    validate.video_support(info, video is not None)
+    validate.images(image)
+    validate.video(video)
+    net, processor = load_model(model, dtype=dtype, attn=attn)
+    validate.loaded_video_support(net, video is not None)
+    inputs = to_model(build_inputs(processor, image, prompt, video=video), net)
+    if note := context_note(net, inputs, max_new_tokens):
+        warn(note)
+    result = answer(net, processor, inputs, pruner, max_new_tokens=max_new_tokens)
+    if note := kept_note(result.stats):
+        warn(note)
     s = result.stats
     record = {
         "answer": result.text,

@@ -85,8 +85,8 @@ def build(demo: Demo) -> gr.Blocks:
         try:
             image_path = _upload_path(image, allowed)
             video_path = _upload_path(video, allowed)
-            settings = Settings(int(k), float(ratio), str(scorer))
-        except (FastVError, TypeError, ValueError) as err:
+            settings = Settings.parse(k, ratio, scorer)
+        except FastVError as err:
             return _message(None, str(err)), "", "", "", "", None, None
         c, error = demo.safe_compare(image_path, prompt, settings, video=video_path)
         if c is None:
@@ -197,6 +197,11 @@ def serve(demo: Demo, host: str = "127.0.0.1", port: int = 7860, block: bool = T
         footer_links=["api"],
     )
     if block:
-        signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` stops it like Ctrl+C does
-        page.block_thread()
+        serve_forever(page)
     return page
+
+
+def serve_forever(page: gr.Blocks) -> None:
+    """Serve until Ctrl+C or `kill PID` (SIGTERM stops it like Ctrl+C does)."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    page.block_thread()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import tempfile
 import threading
 import time
@@ -28,7 +29,7 @@ from fastv.engine import FastV
 from fastv.errors import FastVError
 from fastv.families import resolve
 from fastv.flops import TextShape, format_flops, theory_layer_flops, vision_flops
-from fastv.generate import Answer, answer
+from fastv.generate import Answer, answer, context_note, kept_note
 from fastv.loading import build_inputs, to_model
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,22 @@ class Settings:
     k: int = 2
     ratio: float = 0.5
     scorer: str = "last_token"
+
+    @classmethod
+    def parse(cls, k: Any, ratio: Any, scorer: Any) -> Settings:
+        """Settings from a request's raw values: K a whole number (2.5 is refused, not truncated),
+        R a finite number, the scorer a string; the ranges are checked by `Demo` against the model."""
+        try:
+            k_value, r_value = float(k), float(ratio)
+        except (TypeError, ValueError) as err:
+            raise FastVError(f"K={k!r} and R={ratio!r} must be numbers") from err
+        if not math.isfinite(k_value) or k_value != int(k_value):
+            raise FastVError(f"K={k}: K is a layer index, give a whole number")
+        if not math.isfinite(r_value):
+            raise FastVError(f"R={ratio}: give a share between 0 and 1, e.g. 0.5")
+        if not isinstance(scorer, str):
+            raise FastVError(f"scorer={scorer!r}: choose 'last_token' or 'random'")
+        return cls(int(k_value), r_value, scorer)
 
 
 @dataclass
@@ -256,7 +273,7 @@ class Demo:
             full_s, fast_s = time_prefills(self.model, inputs, pruner, self.timing_repeats)
             masked = self._masked(inputs, fast, images, frames)
         stats = fast.stats
-        notes = [full.note] if full.note else []
+        notes = [n for n in (full.note, context_note(self.model, inputs, self.max_new_tokens), kept_note(stats)) if n]
         return Comparison(
             full_answer=full.answer.text,
             fastv_answer=fast.text,

@@ -1,13 +1,19 @@
 """Evaluation samples from the built-in shapes benchmark or local files (JSONL, `save_to_disk`, parquet).
 
 Every source becomes a list of `EvalSample`s with a stable `id`: results on disk are keyed by it,
-which is what makes a run resumable and lets shards merge exactly once. Rows are validated up front
-so a typo in row 9,000 fails before hours of compute, with the file and row named.
+which is what makes a run resumable and lets shards merge exactly once. Each sample also carries a
+`fingerprint`, a hash of what defines it (question, answers, choices, metric, the images' bytes), so
+a resumed run can tell when an id now names other content (a row inserted above rows keyed by row
+number, an edited answer) and refuse instead of mixing answers. Rows are validated up front, every
+image opened and verified, so a typo or a broken file in row 9,000 fails before hours of compute,
+with the file and row named.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import itertools
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +23,7 @@ from typing import Any
 from PIL import Image
 
 from fastv.errors import FastVError
-from fastv.loading import FRAME_SUFFIXES, load_image
+from fastv.loading import check_image_file, frame_files, load_image, verify_image_bytes
 
 ImageSource = str | Path | Image.Image | Callable[[], Image.Image]
 METRICS = ("auto", "vqa", "exact", "choice", "cider")
@@ -35,6 +41,7 @@ class EvalSample:
     choices: list[str] | None = None
     kind: str = ""  # a category for per-kind accuracy (question type, subset...)
     metric: str = "auto"  # how to score it; "auto" picks choice / vqa / exact from the fields
+    fingerprint: str = ""  # hash of what defines the sample (see `fingerprint`); "" = not computed
 
     def load_images(self) -> list[Image.Image]:
         return [src() if callable(src) else load_image(src) for src in self.images]
@@ -77,9 +84,19 @@ def shapes_samples(split: str = "test", n_images: int = 50, kinds: Sequence[str]
                 images=[s.image],
                 kind=s.kind,
                 metric="exact",  # one deterministic answer per question, "describe" included
+                # the scene is rendered from its seed, named in the id: no pixels to hash
+                fingerprint=fingerprint(s.question, [s.answer], None, "exact", [f"shapes/{split}/{s.seed}"]),
             )
         )
     return out
+
+
+def fingerprint(
+    question: str, answers: Sequence[str], choices: Sequence[str] | None, metric: str, visuals: Sequence[str]
+) -> str:
+    """A content hash of one sample: `visuals` are digests of its images' (and frames') bytes."""
+    payload = json.dumps([question, list(answers), list(choices or []), metric, list(visuals)], ensure_ascii=False)
+    return hashlib.sha1(payload.encode("utf-8")).hexdigest()
 
 
 def _parse_shapes_spec(spec: str) -> list[EvalSample]:
@@ -90,6 +107,8 @@ def _parse_shapes_spec(spec: str) -> list[EvalSample]:
         n = int(parts[2]) if len(parts) > 2 and parts[2] else 50
     except ValueError as err:
         raise FastVError(f"--data {spec!r}: the image count must be an integer (shapes:SPLIT:N[:KINDS])") from err
+    if n < 1:
+        raise FastVError(f"--data {spec!r}: the image count must be >= 1, e.g. shapes:test:50")
     kinds = parts[3].split(",") if len(parts) > 3 and parts[3] else None
     try:
         return shapes_samples(split, n, kinds)
@@ -122,31 +141,38 @@ def _answers(row: dict[str, Any], where: str) -> list[str]:
     return out
 
 
-def _image_source(value: Any, base: Path | None, where: str) -> ImageSource:
-    if isinstance(value, Image.Image):
-        return value
-    if isinstance(value, dict):  # an HF Image feature stored in parquet/arrow: {"bytes": ..., "path": ...}
-        if value.get("bytes"):
-            data = value["bytes"]
-            return lambda: Image.open(io.BytesIO(data)).convert("RGB")
-        value = value.get("path")
-    if not isinstance(value, (str, Path)) or not str(value):
-        raise FastVError(f"{where}: image must be a file path (got {type(value).__name__})")
+def _image_source(value: Any, base: Path | None, where: str) -> tuple[ImageSource, str]:
+    """The image of a row and the digest of its content, verified now (opened and decoded)."""
+    try:
+        if isinstance(value, Image.Image):
+            return value, hashlib.sha1(value.tobytes()).hexdigest()
+        if isinstance(value, dict):  # an HF Image feature stored in parquet/arrow: {"bytes": ..., "path": ...}
+            if value.get("bytes"):
+                data = value["bytes"]
+                verify_image_bytes(data, f"{value.get('path') or 'embedded image'}")
+                return (lambda: Image.open(io.BytesIO(data)).convert("RGB")), hashlib.sha1(data).hexdigest()
+            value = value.get("path")
+        if not isinstance(value, (str, Path)) or not str(value):
+            raise FastVError(f"image must be a file path (got {type(value).__name__})")
+        path = Path(value)
+        if not path.is_absolute() and base is not None:
+            path = base / path
+        return path, check_image_file(path)
+    except FastVError as err:
+        raise FastVError(f"{where}: {err}") from err
+
+
+def _video(value: Any, base: Path | None, where: str) -> tuple[str, list[str]]:
+    """A row's video folder and the digests of its frames, every frame verified now."""
+    if not isinstance(value, (str, Path)):
+        raise FastVError(f"{where}: 'video' must be a folder of frame images (got {type(value).__name__})")
     path = Path(value)
     if not path.is_absolute() and base is not None:
         path = base / path
-    if not path.is_file():
-        raise FastVError(f"{where}: image {str(path)!r} does not exist")
-    return path
-
-
-def _video(value: Any, base: Path | None, where: str) -> str:
-    path = Path(value)
-    if not path.is_absolute() and base is not None:
-        path = base / path
-    if not path.is_dir() or not any(p.suffix.lower() in FRAME_SUFFIXES for p in path.iterdir()):
-        raise FastVError(f"{where}: video {str(path)!r} must be a folder of frame images")
-    return str(path)
+    try:
+        return str(path), [check_image_file(f) for f in frame_files(path)]
+    except FastVError as err:
+        raise FastVError(f"{where}: {err}") from err
 
 
 def row_to_sample(row: dict[str, Any], index: int, where: str, base: Path | None = None) -> EvalSample:
@@ -156,8 +182,9 @@ def row_to_sample(row: dict[str, Any], index: int, where: str, base: Path | None
     question = row.get("question", row.get("prompt"))
     if not isinstance(question, str) or not question.strip():
         raise FastVError(f"{where}: missing or empty 'question'")
-    images = [_image_source(v, base, where) for v in _as_list(row.get("images", row.get("image")))]
-    video = _video(row["video"], base, where) if row.get("video") else None
+    sources = [_image_source(v, base, where) for v in _as_list(row.get("images", row.get("image")))]
+    images = [src for src, _ in sources]
+    video, frames = _video(row["video"], base, where) if row.get("video") else (None, [])
     if not images and video is None:
         raise FastVError(f"{where}: no 'image' (or 'images' / 'video'): FastV needs visual tokens")
     answers = _answers(row, where)
@@ -183,6 +210,7 @@ def row_to_sample(row: dict[str, Any], index: int, where: str, base: Path | None
         choices=choices,
         kind=str(row.get("kind", row.get("question_type", row.get("category", ""))) or ""),
         metric=metric,
+        fingerprint=fingerprint(question, answers, choices, metric, [d for _, d in sources] + frames),
     )
 
 
@@ -198,13 +226,20 @@ def _check_unique(samples: list[EvalSample], source: str) -> list[EvalSample]:
 # --------------------------------------------------------------------------- file formats
 
 
-def load_jsonl(path: Path) -> list[EvalSample]:
-    samples = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
+def load_jsonl(path: Path, limit: int | None = None) -> list[EvalSample]:
+    """Rows of a JSONL file (the first `limit` only: rows past it are not read, nor their images opened)."""
+    samples: list[EvalSample] = []
+    with path.open("rb") as f:  # bytes: a decoding error is then named by its own line
+        for line_no, raw in enumerate(f, start=1):
+            if limit is not None and len(samples) >= limit:
+                break
+            where = f"{path}:{line_no}"
+            try:
+                line = raw.decode("utf-8-sig")  # -sig: a BOM some editors write is not JSON
+            except UnicodeDecodeError as err:
+                raise FastVError(f"{where}: not UTF-8 text ({err.reason}); save the file as UTF-8") from err
             if not line.strip():
                 continue
-            where = f"{path}:{line_no}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
@@ -215,24 +250,27 @@ def load_jsonl(path: Path) -> list[EvalSample]:
     return _check_unique(samples, str(path))
 
 
-def _rows_to_samples(rows: Iterable[dict[str, Any]], source: str, base: Path | None) -> list[EvalSample]:
+def _rows_to_samples(
+    rows: Iterable[dict[str, Any]], source: str, base: Path | None, limit: int | None = None
+) -> list[EvalSample]:
+    rows = itertools.islice(rows, limit)
     samples = [row_to_sample(row, i, f"{source} row {i}", base) for i, row in enumerate(rows)]
     if not samples:
         raise FastVError(f"{source}: no rows")
     return _check_unique(samples, source)
 
 
-def load_parquet(path: Path) -> list[EvalSample]:
+def load_parquet(path: Path, limit: int | None = None) -> list[EvalSample]:
     import pyarrow.parquet as pq
 
     files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
     rows: list[dict[str, Any]] = []
     for f in files:
         rows.extend(pq.read_table(f).to_pylist())
-    return _rows_to_samples(rows, str(path), path if path.is_dir() else path.parent)
+    return _rows_to_samples(rows, str(path), path if path.is_dir() else path.parent, limit)
 
 
-def load_hf_disk(path: Path, split: str | None) -> list[EvalSample]:
+def load_hf_disk(path: Path, split: str | None, limit: int | None = None) -> list[EvalSample]:
     try:
         import datasets
     except ImportError as err:
@@ -246,13 +284,15 @@ def load_hf_disk(path: Path, split: str | None) -> list[EvalSample]:
         ds, source = ds[chosen], f"{path}[{chosen}]"
     else:
         source = str(path)
-    return _rows_to_samples(iter(ds), source, path)
+    return _rows_to_samples(iter(ds), source, path, limit)
 
 
 def load_samples(spec: str, split: str | None = None, limit: int | None = None) -> list[EvalSample]:
     """Samples from `spec`: 'shapes[:SPLIT[:N[:KINDS]]]', a .jsonl file, a .parquet file or folder,
     or a folder written by `datasets.save_to_disk`. `limit` keeps the first N (handy for a smoke run).
     """
+    if limit is not None and limit < 1:
+        raise FastVError(f"--limit {limit}: give N >= 1 samples, or leave --limit out to evaluate them all")
     if spec == "shapes" or spec.startswith("shapes:"):
         samples = _parse_shapes_spec(spec)
     else:
@@ -260,15 +300,15 @@ def load_samples(spec: str, split: str | None = None, limit: int | None = None) 
         if not path.exists():
             raise FastVError(f"--data {spec!r}: no such file or folder (or use 'shapes' for the built-in benchmark)")
         if path.suffix in (".jsonl", ".json"):
-            samples = load_jsonl(path)
+            samples = load_jsonl(path, limit)
         elif path.suffix == ".parquet" or (path.is_dir() and any(path.glob("*.parquet"))):
-            samples = load_parquet(path)
+            samples = load_parquet(path, limit)
         elif path.is_dir() and any(
             (path / f).exists() for f in ("dataset_dict.json", "state.json", "dataset_info.json")
         ):
-            samples = load_hf_disk(path, split)
+            samples = load_hf_disk(path, split, limit)
         else:
             raise FastVError(
                 f"--data {spec!r}: unknown format; give a .jsonl file, parquet, or a datasets save_to_disk folder"
             )
-    return samples[:limit] if limit else samples
+    return samples[:limit] if limit is not None else samples

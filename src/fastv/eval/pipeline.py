@@ -6,7 +6,8 @@ code, and only the main process writes the manifest, the merged predictions and 
 
 from __future__ import annotations
 
-import shutil
+import contextlib
+import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ class EvalResult:
     out: Path
     files: list[Path] = field(default_factory=list)
     ran: int = 0
+    notes: list[str] = field(default_factory=list)  # results that are correct but probably not what was meant
 
 
 def evaluate(
@@ -65,12 +67,61 @@ def evaluate(
     """Run `settings` on the data; returns the summary on the main process, None on the others."""
     dist = dist or dist_state(cfg.cpu)
     out = Path(cfg.out)
-    if cfg.fresh and dist.is_main and out.exists():
-        shutil.rmtree(out)
+    if out.exists() and not out.is_dir():
+        raise FastVError(f"--out {str(out)!r} is a file: give a folder")
     samples = samples if samples is not None else load_samples(cfg.data, cfg.split, cfg.limit)
     store = ResultStore(out, dist.rank)
-    if dist.is_main:  # the others wait: they would read a manifest being written
-        store.check_manifest(cfg.manifest(settings), write=True)
+    created = not out.exists()
+    with contextlib.ExitStack() as stack:
+        if dist.is_main:  # one run per folder; the others wait: they would read a manifest being written
+            stack.enter_context(store.lock())
+            if cfg.fresh:
+                store.clear()
+        try:
+            return _run(cfg, settings, samples, store, model, processor, dist, on_record)
+        except FastVError:
+            # A refused run leaves no trace that would block the folder (a manifest, or a new empty folder).
+            if dist.is_main and not store.done():
+                store.remove_manifest()
+                if created:
+                    stack.close()
+                    _remove_empty(out)
+            raise
+
+
+def _remove_empty(out: Path) -> None:
+    for child in out.iterdir() if out.is_dir() else []:
+        if child.name != ".lock" and not (child.is_dir() and not any(child.iterdir())):
+            return
+    for child in sorted(out.iterdir(), reverse=True):
+        child.rmdir() if child.is_dir() else child.unlink()
+    out.rmdir()
+
+
+def data_fingerprint(samples: list[EvalSample]) -> str:
+    """One hash over the samples' ids and contents, recorded in the manifest."""
+    h = hashlib.sha1()
+    for s in samples:
+        h.update(f"{s.id}\0{s.fingerprint}\n".encode())
+    return h.hexdigest()
+
+
+def _run(
+    cfg: EvalConfig,
+    settings: list[Setting],
+    samples: list[EvalSample],
+    store: ResultStore,
+    model: Any,
+    processor: Any,
+    dist: Dist,
+    on_record,
+) -> EvalResult | None:
+    out = Path(cfg.out)
+    manifest = {**cfg.manifest(settings), "data_fingerprint": data_fingerprint(samples)}
+    if dist.is_main:
+        store.check_manifest(manifest, write=False)
+        store.check_samples(samples)
+        store.check_manifest(manifest, write=True)
     dist.barrier()
     if model is None:
         from fastv.loading import load_model
@@ -102,4 +153,31 @@ def evaluate(
     plot = pareto_plot(rows, out / "pareto.png", title=f"{cfg.model} on {cfg.data}")
     if plot is not None:
         files.append(plot)
-    return EvalResult(rows, out, files, ran)
+    return EvalResult(rows, out, files, ran, edge_notes(records, _context_window(model)))
+
+
+def _context_window(model: Any) -> int | None:
+    config = getattr(model, "config", None)
+    window = getattr(getattr(config, "text_config", None) or config, "max_position_embeddings", None)
+    return window if isinstance(window, int) else None
+
+
+def edge_notes(records: list[dict[str, Any]], window: int | None) -> list[str]:
+    """Settings that kept no visual token on some samples, and samples past the context window."""
+    notes = []
+    for name in dict.fromkeys(r["setting"] for r in records):
+        rs = [r for r in records if r["setting"] == name and r["n_visual"]]
+        empty = sum(1 for r in rs if not r["n_kept"])
+        if empty:
+            notes.append(
+                f"{name!r} kept 0 visual tokens on {empty} of {len(rs)} samples: those answers never saw the "
+                "image; use a smaller --ratio or a larger --keep"
+            )
+    if window:
+        long = list(dict.fromkeys(r["sample_id"] for r in records if r["prompt_len"] + r["new_tokens"] > window))
+        if long:
+            notes.append(
+                f"{len(long)} sample(s) run past the model's context window of {window} tokens (first: "
+                f"{long[0]!r}): their answers are meaningless; shorten those prompts or use fewer images"
+            )
+    return notes

@@ -156,6 +156,7 @@ def _record(
         "setting": setting.name,
         "params": setting.params,
         "sample_id": sample.id,
+        "sample_fp": sample.fingerprint,
         "kind": sample.kind,
         "question": sample.question,
         "answers": sample.answers,
@@ -193,6 +194,7 @@ def run_settings(
 ) -> int:
     """Run this process' shard; skip pairs already on disk. Returns how many pairs it ran."""
     dist = dist or Dist()
+    check_video(model, samples)
     for setting in settings:  # refuse a bad setting (k past the last layer, unsupported model) before any work
         pruner = setting.make()
         if pruner is not None:
@@ -246,6 +248,17 @@ def run_settings(
         if bar is not None:
             bar.close()
     return ran
+
+
+def check_video(model: Any, samples: Sequence[EvalSample]) -> None:
+    """A video on an image-only family would be evaluated with no visual tokens: refuse the run."""
+    family = resolve(model).family
+    with_video = [s.id for s in samples if s.video]
+    if with_video and not family.video:
+        raise FastVError(
+            f"{len(with_video)} sample(s) have a video (first: id {with_video[0]!r}) but {family.name} models take "
+            "images only: drop those rows, or evaluate a video model (Video-LLaVA, LLaVA-OneVision, Qwen2-VL...)"
+        )
 
 
 def _full_first(settings: list[Setting]) -> list[Setting]:

@@ -153,4 +153,5 @@ def parse_list(text: str, cast: Callable[[str], Any], what: str) -> list[Any]:
     try:
         return [cast(x.strip()) for x in text.split(",") if x.strip()]
     except ValueError as err:
-        raise FastVError(f"--{what} {text!r}: expected a comma-separated list") from err
+        kind = {int: "integers, e.g. 1,2,3", float: "numbers, e.g. 0.5,0.75"}.get(cast, "values")
+        raise FastVError(f"--{what} {text!r}: expected comma-separated {kind}") from err

@@ -3,13 +3,20 @@
 Each finished (setting, sample) pair is one line, flushed and fsync'ed before the next starts, so
 an interrupted run loses at most the pair in flight. A torn last line (killed mid-write) is ignored
 on restart. Merging deduplicates by key, so a pair counted by two shards or two runs appears once.
+
+A record also carries its sample's content fingerprint: a resumed run whose data changed under the
+same ids (a row inserted above rows keyed by row number) is refused, not silently mixed. One run at a
+time writes a folder: the main process holds an advisory lock on `<out>/.lock` (released by the OS
+even when the run is killed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+import shutil
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +25,7 @@ from fastv.errors import FastVError
 Key = tuple[str, str]  # (setting name, sample id)
 MANIFEST = "run.json"
 PREDICTIONS = "predictions.jsonl"
+LOCK = ".lock"
 
 
 def key_of(record: dict[str, Any]) -> Key:
@@ -29,6 +37,51 @@ class ResultStore:
         self.out = Path(out)
         self.shards = self.out / "shards"
         self.path = self.shards / f"rank{rank}.jsonl"
+
+    # ---- one writer at a time ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold `<out>/.lock` for a run; a second run on the same folder is refused at once."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no advisory locks, run unguarded
+            yield
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        with (self.out / LOCK).open("a+") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as err:
+                f.seek(0)
+                holder = f.read().strip() or "?"
+                raise FastVError(
+                    f"{self.out} is in use by another fastv eval (pid {holder}): wait for it to finish, "
+                    "or give another --out"
+                ) from err
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def clear(self) -> None:
+        """--fresh: remove every earlier result (the lock, held by this run, stays)."""
+        if not self.out.is_dir():
+            return
+        for child in self.out.iterdir():
+            if child.name == LOCK:
+                continue
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+
+    def has_manifest(self) -> bool:
+        return (self.out / MANIFEST).exists()
+
+    def remove_manifest(self) -> None:
+        """Undo a manifest written by a run that was refused before it recorded anything."""
+        (self.out / MANIFEST).unlink(missing_ok=True)
 
     # ---- writing ----------------------------------------------------------------------------
     def check_manifest(self, manifest: dict[str, Any], write: bool) -> None:
@@ -50,6 +103,35 @@ class ResultStore:
         if write:
             self.out.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(manifest, indent=2) + "\n")
+
+    def check_samples(self, samples: Sequence[Any]) -> None:
+        """Refuse to resume when a sample id on disk now names other content (see the module docstring).
+
+        Records written before fingerprints existed are compared on question, answers and choices.
+        """
+        current = {s.id: s for s in samples}
+        changed: dict[str, str] = {}
+        for r in self._read():
+            sample = current.get(str(r["sample_id"]))
+            if sample is None or r["sample_id"] in changed:
+                continue
+            if "sample_fp" in r:
+                same = not sample.fingerprint or r["sample_fp"] == sample.fingerprint
+            else:
+                same = (r.get("question"), r.get("answers"), r.get("choices")) == (
+                    sample.question,
+                    sample.answers,
+                    sample.choices,
+                )
+            if not same:
+                changed[r["sample_id"]] = r.get("question", "")
+        if changed:
+            first = next(iter(changed))
+            raise FastVError(
+                f"{self.out} holds results for {len(changed)} sample id(s) whose content has changed since "
+                f"(first: id {first!r}, was {changed[first]!r}): the data was edited or rows moved; give each row "
+                "a unique 'id' (results are keyed by it), or use another --out or --fresh to start over"
+            )
 
     def append(self, record: dict[str, Any]) -> None:
         self.shards.mkdir(parents=True, exist_ok=True)
