@@ -68,21 +68,29 @@ def zip_image(
     cls_attention: torch.Tensor,
     keys: torch.Tensor,
     features: torch.Tensor,
+    projected: torch.Tensor,
     cls_feature: torch.Tensor | None,
     dominant: int,
     contextual: int,
     project: Callable[[torch.Tensor], torch.Tensor],
 ) -> Zipped:
-    """One image. cls_attention (T,): [CLS]'s attention to each patch; keys (T, d), features (T, Hv) of
-    the patches; cls_feature (Hv,) or None to leave [CLS] out; dominant: patches kept by attention."""
+    """One image. cls_attention (T,): [CLS]'s attention to each patch; keys (T, d), features (T, Hv) and
+    projected (T, H) (the projector's output: dominant rows are reused) of the patches; cls_feature (Hv,)
+    or None to leave [CLS] out; dominant: patches kept by attention. Only [CLS] and the merged tokens
+    go through `project` again."""
     n = features.shape[0]
     dom = cls_attention.float().topk(dominant).indices.sort().values
     rest = torch.ones(n, dtype=torch.bool, device=features.device)
     rest[dom] = False
     rest = rest.nonzero().squeeze(1)
-    head = [cls_feature[None], features[dom]] if cls_feature is not None else [features[dom]]
+    cls = cls_feature[None] if cls_feature is not None else features[:0]
+
+    def block(merged: torch.Tensor) -> torch.Tensor:
+        new = project(torch.cat([cls, merged])) if cls.shape[0] + merged.shape[0] else projected[:0]
+        return torch.cat([new[: cls.shape[0]], projected[dom], new[cls.shape[0] :]])
+
     if contextual == 0:
-        return Zipped(dom, rest[:0], project(torch.cat(head)), cls_feature is not None, n)
+        return Zipped(dom, rest[:0], block(features[:0]), cls_feature is not None, n)
     step = max(1, rest.numel() // contextual)
     pick = torch.zeros(rest.numel(), dtype=torch.bool, device=features.device)
     pick[torch.arange(0, rest.numel(), step, device=features.device)[:contextual]] = True
@@ -96,7 +104,7 @@ def zip_image(
         0, group, torch.ones_like(group, dtype=torch.float)
     )
     merged = (features[targets].float() + sums / counts.clamp(min=1)[:, None]).to(features.dtype)
-    return Zipped(dom, targets, project(torch.cat([*head, merged])), cls_feature is not None, n)
+    return Zipped(dom, targets, block(merged), cls_feature is not None, n)
 
 
 @dataclass(kw_only=True)
@@ -169,11 +177,12 @@ class VisionZip(Method):
                     cls[i],
                     keys[i],
                     feats[i],
+                    output[i, skip:],
                     cls_feature[i].to(feats.dtype) if self.with_cls else None,
                     patches,
                     contextual,
                     module.forward,
-                )  # fmt: skip
+                )
                 for i in range(feats.shape[0])
             ]
 
