@@ -9,6 +9,7 @@ from tiny_llava import IMAGE_TOKEN, batch, prompt, tiny_llava
 from fastv import FastVError
 from fastv.eval.settings import method_grid
 from fastv.methods import make
+from fastv.methods.accounting import visual_tokens_per_layer
 
 PROMPTS = [prompt(5, 7, images=1, seed=1), prompt(3, 4, images=1, seed=2)]
 
@@ -28,6 +29,7 @@ def test_visionzip_then_fastv_is_one_schedule(model):
     width = inputs["input_ids"].shape[1]
     assert stats.layer_seq_lens == [width - 8] * 2 + [width - 12] * 2  # 16 -> 8 before the LM, -> 4 at k=2
     assert out.shape == (2, width + 3)
+    assert visual_tokens_per_layer(make("visionzip+fastv", keep=4), 4, 16) == [8, 8, 4, 4]
     with make("visionzip", keep=8).apply(model) as alone:
         model(**inputs)
     for b in range(2):  # FastV chose among VisionZip's tokens

@@ -120,3 +120,18 @@ def test_defaults_and_refusals(model):
     with pytest.raises(FastVError, match="multimodal RoPE"):
         make("divprune", keep=4).apply(qwen)
     make("divprune", keep=4, positions="original").apply(qwen).remove()
+
+
+@pytest.mark.parametrize("family", ["gemma3", "internvl"])
+def test_contiguous_two_cuts_other_families(family):
+    """Per-layer-type rotary tables (Gemma3's sliding/full layers) and other text models renumber too."""
+    from tiny_families import BUILDERS
+
+    model, inputs = BUILDERS[family]("sdpa")
+    results = []
+    for mode in ("drop", "mask"):
+        with make("pdrop", ratio=0.5, layers=(1, 2), mode=mode).apply(model):
+            logits = model(**inputs).logits[:, -1]
+            out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        results.append((logits, out))
+    assert (results[0][0] - results[1][0]).abs().max() < 1e-4 and torch.equal(results[0][1], results[1][1])
