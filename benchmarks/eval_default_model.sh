@@ -12,6 +12,15 @@ fastv eval "${COMMON[@]}" --k 1,2,3 --ratio 0.25,0.5,0.75,0.9 --scorer last_toke
 
 # Issue 10: every method at 1/3, 2/9 and 1/9 of the 144 visual tokens (the field's 192/128/64 of 576).
 fastv eval "${COMMON[@]}" --method fastv,fastv_mean --k 2 --keep 48,32,16 --out "$OUT/methods"
-fastv eval "${COMMON[@]}" --method random,uniform,pool,divprune,visionzip --keep 48,32,16 --out "$OUT/methods"
+fastv eval "${COMMON[@]}" --method random,uniform,pool --keep 48,32,16 --out "$OUT/methods"
+
+# Issue 18: the successors as their official code runs them (positions contiguous) and fastv's variant
+# (original positions), plus the composition visionzip+fastv. The README's table used the first 35
+# questions (5 scenes x 7 kinds): what the shared 2-core machine could run; SUCCESSORS_LIMIT=70 for all
+# 10 scenes (or point --data at $DATA for all 210).
+SUCC=(--model default --data shapes:test:10 --limit "${SUCCESSORS_LIMIT:-35}" --max-new-tokens 4 --no-progress)
+fastv eval "${SUCC[@]}" --method pdrop,visionzip,divprune --keep 48 --positions contiguous,original --out "$OUT/successors"
+fastv eval "${SUCC[@]}" --method visionzip+fastv --keep 48 --out "$OUT/successors"
+fastv eval "${SUCC[@]}" --method visionzip,divprune --keep 16 --positions contiguous,original --out "$OUT/successors"
 # pdrop's first cut is layer L/4 = 1 of 6, so its layer-average budget cannot go below 144/6 = 24.
-fastv eval "${COMMON[@]}" --method pdrop --keep 48,32 --out "$OUT/methods"
+fastv eval "${SUCC[@]}" --method pdrop,visionzip,divprune --keep 32 --positions contiguous,original --out "$OUT/successors"

@@ -67,3 +67,26 @@ def test_generate_errors_are_readable(model_dir, image, args, message):
 def test_generate_needs_an_image(model_dir):
     res = _invoke("--model", str(model_dir), "--prompt", "hi")
     assert res.exit_code == 2 and "--image" in res.output
+
+
+def test_generate_with_a_composition(model_dir, image):
+    """--method visionzip+fastv: VisionZip keeps 8 of 16 before the LM, FastV 4 of those at layer 2."""
+    res = _invoke(
+        "--model", str(model_dir), "--image", str(image), "--prompt", "what is it", "--max-new-tokens", "2",
+        "--method", "visionzip+fastv", "--keep", "4", "--json",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    record = json.loads(res.stdout)
+    assert record["visual_kept"] == 4 and record["visual_total"] == 16
+    bad = _invoke("--model", str(model_dir), "--image", str(image), "--prompt", "x", "--method", "visionzip+pdrop")
+    assert bad.exit_code == 2 and "pdrop cannot follow" in bad.output
+
+
+def test_methods_lists_every_method_and_composition():
+    _register()
+    res = CliRunner().invoke(app, ["methods"], env={"COLUMNS": "300"})
+    assert res.exit_code == 0, res.output
+    from fastv.methods import METHODS
+
+    for name in [*METHODS, "A+B", "2410.17247", "2412.04467", "2503.02175"]:
+        assert name in res.output

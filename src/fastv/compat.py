@@ -110,6 +110,16 @@ def find_cache(kwargs: Mapping[str, Any], args: tuple = ()) -> Cache | None:
     return None
 
 
+def without_cache(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """A layer's keyword arguments minus the KV cache (under any name) and the flags that write to it."""
+    return {
+        k: v
+        for k, v in kwargs.items()
+        if k not in (*CACHE_ARGUMENT_NAMES, HIDDEN_STATES, "use_cache", "output_attentions")
+        and not isinstance(v, Cache)
+    }
+
+
 def cache_length(cache: Cache | None) -> int:
     """Tokens the cache holds (as transformers counts them: from its first layer)."""
     return 0 if cache is None else int(cache.get_seq_length())

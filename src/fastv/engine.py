@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from fastv import attention_tap, compat, masks
+from fastv import attention_tap, compat, layer_scoring, masks, positions
 from fastv.attention_tap import query_attention
 from fastv.errors import FastVError
 from fastv.families import Adapter, resolve
@@ -52,7 +52,7 @@ class PruneHandle:
         self.adapter: Adapter = adapter
         self.model = model
         self.stats: PruneStats | None = None
-        self.stages: list[Stage] = sorted(method.stages(adapter), key=lambda s: s.layer)
+        self.stages: list[Stage] = sorted(method.build(adapter), key=lambda s: s.layer)
         self._check_stages(adapter)
         if getattr(model, "_fastv_handle", None) is not None:
             raise FastVError("a method is already applied to this model: call remove() on the first handle first")
@@ -65,6 +65,10 @@ class PruneHandle:
         self._memo: dict[Any, tuple[Any, Any]] = {}
         self._live = False
         self._warned = False
+        self._scoring: int | None = None  # the stage whose own-layer attention is being computed
+        self._renumbering = any(s.positions == "contiguous" for s in self.stages)
+        self._positions: list[positions.StagePositions] = []  # per stage of this prefill, when renumbering
+        self._rotations: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> decode position shift
         self._undo: list[Any] = []
         try:
             self._install()
@@ -86,8 +90,10 @@ class PruneHandle:
                     f"k={stage.layer} is too small for {name}: its first {adapter.min_k} layers receive deepstack "
                     f"visual features on the full sequence; choose k >= {adapter.min_k}"
                 )
-            if stage.attention_rows and stage.layer == 0:
+            if stage.attention_rows and stage.layer == 0 and stage.scored_at == "previous":
                 raise FastVError("a cut at layer 0 has no earlier layer to take attention from")
+            if stage.positions == "contiguous":
+                positions.check_supported(adapter.model.config.model_type, self.method.name)
             if stage.merge is not None and self.method.mode == "mask":
                 raise FastVError(f"{self.method.name} merges tokens, which mode='mask' cannot express: use 'drop'")
         if len({s.layer for s in self.stages}) != len(self.stages):
@@ -99,6 +105,9 @@ class PruneHandle:
         if tapped:
             modules = []
             for _, stage in tapped:
+                if stage.scored_at == "own":
+                    modules.append(layer_scoring.attention_module(a.layers[stage.layer], stage.layer))
+                    continue
                 attn = getattr(a.layers[stage.layer - 1], "self_attn", None)
                 if attn is None:
                     raise FastVError(f"layer {stage.layer - 1} of {a.family.name} has no self_attn module to score")
@@ -246,6 +255,8 @@ class PruneHandle:
         call = self._call
         if not self._live or call is None or not call.prefill or not call.active:
             return
+        if self.stages[stage_no].scored_at == "own" and self._scoring != stage_no:
+            return  # the layer's real forward after its cut, not the scoring call
         rows = self._rows()
         if self.stages[stage_no].attention_rows == "last":
             wanted = rows[:, -1:]
@@ -271,9 +282,12 @@ class PruneHandle:
             if call.prefill and i in stage_at:
                 args, kwargs = self._cut(stage_at[i], args, kwargs)
             current = max(n for n, s in enumerate(self.stages) if s.layer <= i)
+            pe, ids = kwargs.get(compat.POSITION_EMBEDDINGS), kwargs.get(compat.POSITION_IDS)
             if call.prefill:
-                return self._prefill_inputs(current, args, kwargs)
-            return self._decode_inputs(i, current, args, kwargs)
+                args, kwargs = self._prefill_inputs(current, args, kwargs)
+            else:
+                args, kwargs = self._decode_inputs(i, current, args, kwargs)
+            return args, self._renumbered(i, current, kwargs, pe, ids)
 
         return hook
 
@@ -284,9 +298,14 @@ class PruneHandle:
         rows = self._rows()
         prev = self._done[-1] if self._done else None
         alive = call.visual if prev is None else call.visual & prev.keep_mask
+        if n == 0:
+            self._positions, self._rotations = [], {}
+        if stage.attention_rows and stage.scored_at == "own":
+            self._score_own_layer(n, args, kwargs)
         attention = call.attention.pop(n, (None, None, None))
         if stage.attention_rows and attention[0] is None:
-            raise FastVError(f"no attention was recorded at layer {stage.layer - 1} for {self.method.name}")
+            at = stage.layer - (stage.scored_at == "previous")
+            raise FastVError(f"no attention was recorded at layer {at} for {self.method.name}")
         gen = torch.Generator().manual_seed(self.method.seed + n)
         ctx = StageContext(
             call.input_ids, call.visual, alive, hidden, rows, gen, self.adapter, *attention, extra=self.extra
@@ -297,6 +316,8 @@ class PruneHandle:
             scores, keep = scores
         sel = select(scores, alive, keep, None if prev is None else prev.keep_mask, rows if drop else None)
         self._done.append(sel)
+        if self._renumbering:
+            self._positions.append(self._stage_positions(sel, drop))
         if drop:
             if stage.merge is not None:
                 new_hidden = stage.merge(ctx, sel)
@@ -307,6 +328,62 @@ class PruneHandle:
         if n == len(self.stages) - 1:
             self._record_stats(scores)
         return args, kwargs
+
+    def _score_own_layer(self, n: int, args: tuple, kwargs: dict) -> None:
+        """Run stage n's layer's own attention on its pre-cut input (see fastv.layer_scoring).
+
+        The layer receives its kwargs in the full prompt's geometry; the rows entering it are those
+        of stage n-1, so the scoring call gets stage n-1's position embeddings and mask.
+        """
+        hidden = compat.hidden_states(args, kwargs)
+        layer = self.stages[n].layer
+        inputs = dict(kwargs)
+        if n:
+            pe, ids = inputs.get(compat.POSITION_EMBEDDINGS), inputs.get(compat.POSITION_IDS)
+            _, inputs = self._prefill_inputs(n - 1, args, inputs)
+            inputs = self._renumbered(layer, n - 1, inputs, pe, ids)
+        self._scoring = n
+        try:
+            layer_scoring.run_own_attention(self.adapter.layers[layer], hidden, inputs)
+        finally:
+            self._scoring = None
+
+    def _stage_positions(self, sel: Selection, drop: bool) -> positions.StagePositions:
+        """Stage len(_positions)'s table columns: kept as before, or renumbered (its `positions`)."""
+        n = len(self._positions)
+        keep = sel.keep_mask
+        previous = self._positions[-1].columns if n else positions.first_columns(*keep.shape, keep.device)
+        rows = sel.index if drop else positions.first_columns(*keep.shape, keep.device)
+        return positions.renumber(previous, keep, rows, self.stages[n].positions == "contiguous")
+
+    def _renumbered(self, i: int, n: int, kwargs: dict, pe: Any, ids: Any) -> dict:
+        """Layer i (stage n) with its stage's positions; a no-op unless some stage renumbers.
+
+        pe, ids: the position embeddings and ids the layer received (the full prompt's at prefill).
+        """
+        if not self._renumbering or n >= len(self._positions):
+            return kwargs
+        at = self._positions[n]
+        if self._call.prefill:
+            if pe is not None:
+                kwargs[compat.POSITION_EMBEDDINGS] = self._memoized(
+                    ("pe", n), pe, lambda p: positions.prefill_embeddings(p, at.slots)
+                )
+                self._rotations[i] = self._memoized(("rot", n), pe, lambda p: positions.decode_rotation(p, at))
+            if ids is not None:
+                kwargs[compat.POSITION_IDS] = self._memoized(
+                    ("ids", n), ids, lambda p: positions.take_columns(p, at.slots, -1)
+                )
+            return kwargs
+        if pe is not None:
+            kwargs[compat.POSITION_EMBEDDINGS] = self._memoized(
+                ("pe", n), pe, lambda p: positions.rotate(p, self._rotations[i])
+            )
+        if ids is not None:
+            kwargs[compat.POSITION_IDS] = self._memoized(
+                ("ids", n), ids, lambda p: p - at.shift.view(-1, 1).to(p.dtype)
+            )
+        return kwargs
 
     def _record_stats(self, scores: torch.Tensor) -> None:
         call, drop, n_layers = self._call, self.method.mode == "drop", self.adapter.num_layers

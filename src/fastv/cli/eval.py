@@ -50,6 +50,11 @@ def eval_cmd(
     ),
     scorer: str = typer.Option("last_token", help="Comma-separated FastV scorers: last_token (FastV), random."),
     mode: str = typer.Option("drop", help="drop (the speed-up) or mask (the paper's reference mode)."),
+    positions: str | None = typer.Option(
+        None,
+        "--positions",
+        help="Comma-separated: original, contiguous (kept tokens' positions; default: each method's paper).",
+    ),
     out: Path = typer.Option(Path("fastv-eval"), help="Output folder; rerunning with the same folder resumes."),
     split: str | None = typer.Option(None, help="Split of a save_to_disk DatasetDict (default: test, validation...)."),
     limit: int | None = typer.Option(None, help="Evaluate the first N samples only."),
@@ -88,6 +93,7 @@ def eval_cmd(
         parse_list(k, int, "k") if k is not None else None,
         parse_list(scorer, str, "scorer"),
         mode,
+        parse_list(positions, str, "positions") if positions is not None else (None,),
     )
     for s in settings:
         if "k" in s.params:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import typer
@@ -12,6 +13,7 @@ from fastv.engine import FastV
 from fastv.errors import FastVError
 from fastv.generate import answer, context_note, kept_note
 from fastv.loading import build_inputs, load_model, to_model
+from fastv.methods import make, method_class
 
 
 def _layer_lens(lens: list[int]) -> str:
@@ -25,13 +27,23 @@ def _layer_lens(lens: list[int]) -> str:
     return ", ".join(f"{n} x{c}" for n, c in runs)
 
 
+def _pruner(method: str, k: int, ratio: float | None, keep: int | None, scorer: str):
+    if method == "fastv":
+        return FastV(k=k, ratio=ratio, keep=keep, scorer=scorer)
+    has = {f.name for f in fields(method_class(method))}
+    extra = {"k": k} if "k" in has else {}
+    extra.update({"scorer": scorer} if "scorer" in has else {})
+    return make(method, keep=keep, ratio=ratio, **extra)
+
+
 @app.command()
 def generate(
     prompt: str = typer.Option(..., help="The question or instruction."),
     model: str = typer.Option("default", help="'default', a save_pretrained folder, or a hub id."),
     image: list[Path] = typer.Option([], help="Image file (repeat for several images)."),
     video: Path | None = typer.Option(None, help="Folder of video frames (video-capable models)."),
-    k: int = typer.Option(2, help="Layer at which pruning starts."),
+    method: str = typer.Option("fastv", help="Method (see `fastv methods`), or a composition such as visionzip+fastv."),
+    k: int = typer.Option(2, help="Layer at which pruning starts (methods that have a k)."),
     ratio: float | None = typer.Option(None, help="Share of visual tokens dropped (default 0.5)."),
     keep: int | None = typer.Option(None, help="Visual tokens kept per sample (instead of --ratio)."),
     scorer: str = typer.Option("last_token", help="last_token (FastV) or random."),
@@ -43,14 +55,14 @@ def generate(
 ) -> None:
     """Print the answer and what FastV kept: visual tokens kept / total and sequence length per layer."""
     console = make_console()
-    pruner = None if no_fastv else FastV(k=k, ratio=ratio, keep=keep, scorer=scorer)
+    pruner = None if no_fastv else _pruner(method, k, ratio, keep, scorer)
     if not image and video is None:
         raise FastVError("give --image FILE (or --video FRAMES_DIR): FastV prunes visual tokens")
     info = validate.model(model)
     validate.dtype(dtype)
     validate.attn(attn)
     validate.max_new_tokens(max_new_tokens)
-    if pruner is not None:
+    if pruner is not None and "k" in {f.name for f in fields(type(pruner))}:
         validate.layer("--k", k, info)
     validate.video_support(info, video is not None)
     validate.images(image)

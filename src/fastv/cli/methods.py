@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from fastv.cli import app, make_console
-from fastv.methods import ABOUT, METHODS
+from fastv.methods import ABOUT, COMPOSITION, METHODS
 
 
 @app.command("methods")
@@ -17,4 +17,6 @@ def methods_cmd() -> None:
     for name in METHODS:
         a = ABOUT[name]
         table.add_row(name, a.paper, a.where, a.budget, a.families)
+    c = COMPOSITION
+    table.add_row("A+B", c.paper, c.where, c.budget, c.families)
     make_console().print(table)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 from fastv.errors import FastVError
-from fastv.methods import METHODS, make
+from fastv.methods import METHODS, make, method_class
 
 FULL = "full"
 DEFAULT_FASTV_KS = (1, 2, 3)  # `fastv eval`'s K grid for fastv/fastv_mean when --k is not given
@@ -43,8 +43,8 @@ def full_model() -> Setting:
 
 
 def has_setting(method: str, name: str) -> bool:
-    """Whether `method` (a METHODS key) has the setting `name` (k, scorer...)."""
-    return name in {f.name for f in fields(METHODS[method])}
+    """Whether `method` (a METHODS key or a composition "a+b") has the setting `name` (k, scorer...)."""
+    return name in {f.name for f in fields(method_class(method))}
 
 
 def method_setting(
@@ -54,12 +54,13 @@ def method_setting(
     k: int | None = None,
     scorer: str | None = None,
     mode: str = "drop",
+    positions: str | None = None,
 ) -> Setting:
     """One method at one budget. k and scorer are passed only to methods that have them (None: the
-    method's default); the method validates everything it can without a model, now."""
-    if method not in METHODS:
-        raise FastVError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
-    kw: dict[str, Any] = {"keep": keep, "ratio": ratio, "mode": mode}
+    method's default); positions (None: the method's paper) is named in the setting when given;
+    the method validates everything it can without a model, now."""
+    method_class(method)  # refuses unknown names and bad compositions
+    kw: dict[str, Any] = {"keep": keep, "ratio": ratio, "mode": mode, "positions": positions}
     if has_setting(method, "k"):
         kw["k"] = k
     if has_setting(method, "scorer"):
@@ -72,8 +73,11 @@ def method_setting(
     if has_setting(method, "scorer"):
         params["scorer"] = pruner.scorer
     params["mode"] = pruner.mode
+    if positions is not None:
+        params["positions"] = positions
     name = method + (f" k={params['k']}" if "k" in params else "") + " " + budget_text(params)
     name += "" if params.get("scorer", "last_token") == "last_token" else f" {params['scorer']}"
+    name += "" if positions is None else f" pos={positions}"
     name += "" if mode == "drop" else f" {mode}"
     built = {**kw, **{key: params[key] for key in ("k", "scorer") if key in params}}
     return Setting(name, lambda: make(method, **built), params)
@@ -120,13 +124,15 @@ def method_grid(
     ks: Sequence[int] | None = None,
     scorers: Sequence[str] = ("last_token",),
     mode: str = "drop",
+    positions: Sequence[str | None] = (None,),
 ) -> list[Setting]:
     """The full model, then per budget (keeps, then ratios) every method: the papers' table order.
 
     ks applies to the methods that have a k (fastv, fastv_mean: default 1,2,3; random, uniform:
-    their own default, 0); scorers to those that have a scorer (fastv, fastv_mean).
+    their own default, 0); scorers to those that have a scorer (fastv, fastv_mean); positions
+    ("original", "contiguous"; None: each method's paper) to every method.
     """
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in METHODS and "+" not in m]
     if unknown:
         raise FastVError(f"unknown method {', '.join(map(repr, unknown))}: choose from {', '.join(METHODS)}")
     if not methods:
@@ -144,7 +150,8 @@ def method_grid(
                 )
             for scorer in scorers if has_setting(method, "scorer") else [None]:
                 for k in method_ks:
-                    settings.append(method_setting(method, k=k, scorer=scorer, mode=mode, **budget))
+                    for pos in positions:
+                        settings.append(method_setting(method, k=k, scorer=scorer, mode=mode, positions=pos, **budget))
     return _unique(settings)
 
 

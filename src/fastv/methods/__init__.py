@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields
 
 from fastv.errors import FastVError
 from fastv.methods.base import Method, Stage, StageContext
+from fastv.methods.compose import Composite
 from fastv.methods.divprune import DivPrune
 from fastv.methods.fastv import FastV, FastVMean
 from fastv.methods.pdrop import PDrop
@@ -49,10 +50,38 @@ ABOUT: dict[str, About] = {
     ),
     "uniform": About("baseline: even grid subset", "layer k (default 0)", "per image, rows x cols", GRID),
     "pool": About("baseline: average pooling (VTC-Bench)", "before the LM", "per image, rows x cols", GRID),
-    "pdrop": About("PDrop, arXiv 2410.17247", "layers L/4, L/2, 3L/4", "per image, mean per layer", ANY),
+    "pdrop": About(
+        "PDrop, arXiv 2410.17247",
+        "layers L/4, L/2, 3L/4 (scored at the cut layer)",
+        "per image, mean per layer",
+        f"{ANY} (contiguous positions: not Qwen-VL)",
+    ),
     "visionzip": About("VisionZip, arXiv 2412.04467", "vision tower + before the LM", "per image", "LLaVA-1.5"),
-    "divprune": About("DivPrune, arXiv 2503.02175", "before the LM", "per image", f"{ANY} but Qwen3-VL (deepstack)"),
+    "divprune": About(
+        "DivPrune, arXiv 2503.02175",
+        "before the LM",
+        "per image",
+        f"{ANY} but Qwen3-VL (deepstack); contiguous positions: not Qwen-VL",
+    ),
 }
+COMPOSITION = About(
+    "A+B: a pre-LM method, then an in-LLM one (fastv.methods.compose)",
+    "before the LM, then inside it",
+    "keep = B's final budget; A keeps pre_keep (default 2 x keep) per image",
+    "those both support",
+)
+
+
+def method_class(name: str) -> type[Method]:
+    """The class `make(name)` builds: a registered method, or Composite for "a+b"."""
+    if "+" in name:
+        first, _, second = name.partition("+")
+        if not first or not second or "+" in second:
+            raise FastVError(f"method {name!r}: compose exactly two methods, e.g. visionzip+fastv")
+        return Composite
+    if name not in METHODS:
+        raise FastVError(f"unknown method {name!r}: choose one of {', '.join(METHODS)} (or compose two: a+b)")
+    return METHODS[name]
 
 
 def make(name: str, **settings) -> Method:
@@ -61,22 +90,25 @@ def make(name: str, **settings) -> Method:
     Settings given as None count as not given. A setting the method does not have (e.g. k for
     pool, which always cuts before the language model) is refused with the method's own settings.
     """
-    if name not in METHODS:
-        raise FastVError(f"unknown method {name!r}: choose one of {', '.join(METHODS)}")
-    cls = METHODS[name]
-    known = {f.name for f in fields(cls)}
+    cls = method_class(name)
+    known = {f.name for f in fields(cls) if f.init} - {"first", "second"}
     given = {key: value for key, value in settings.items() if value is not None}
     unknown = sorted(set(given) - known)
     if unknown:
         raise FastVError(
             f"method {name!r} has no setting {', '.join(unknown)}; its settings: {', '.join(sorted(known))}"
         )
+    if cls is Composite:
+        first, _, second = name.partition("+")
+        return Composite(first=first, second=second, **given)
     return cls(**given)
 
 
 __all__ = [
     "ABOUT",
+    "COMPOSITION",
     "METHODS",
+    "Composite",
     "DivPrune",
     "FastV",
     "FastVMean",
@@ -89,4 +121,5 @@ __all__ = [
     "Uniform",
     "VisionZip",
     "make",
+    "method_class",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fastv.errors import FastVError
 from fastv.methods.base import Method
+from fastv.methods.compose import Composite
 from fastv.methods.fastv import FastV
 from fastv.methods.pdrop import PDrop
 from fastv.methods.random_uniform import _LayerChoice
@@ -22,6 +23,10 @@ def visual_tokens_per_layer(method: Method, num_layers: int, n: int) -> list[int
     """
     if method.mode == "mask":
         return [n] * num_layers  # masked tokens are still computed
+    if isinstance(method, Composite):  # the in-LLM part sees what the pre-LM part kept
+        pre = visual_tokens_per_layer(method.parts[0], num_layers, n)
+        post = visual_tokens_per_layer(method.parts[1], num_layers, pre[0])
+        return [min(a, b) for a, b in zip(pre, post, strict=True)]
     if isinstance(method, PDrop):
         cuts = method.cuts(num_layers)
         counts = method.schedule(n, num_layers)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 Mode = Literal["drop", "mask"]
 Rows = Literal["last", "text_after_visual"]
+ScoredAt = Literal["previous", "own"]
+Positions = Literal["original", "contiguous"]
 
 
 @dataclass
@@ -52,8 +54,15 @@ class Stage:
     # (B, L) over original positions, higher is kept; or (scores, kept count per sample) for
     # methods whose budget is not a function of the sample's visual-token count (per image)
     score: Callable[[StageContext], torch.Tensor | tuple[torch.Tensor, list[int]]]
-    attention_rows: Rows | None = None  # query rows whose attention at layer-1 the score needs
+    attention_rows: Rows | None = None  # query rows whose attention the score needs
     merge: Callable[[StageContext, Selection], torch.Tensor] | None = None  # new hidden rows (B, L', H)
+    # Where those rows' attention comes from: "previous" records what layer-1 computed (FastV);
+    # "own" computes this layer's attention on its input before the cut, with its own norm, q/k and
+    # RoPE (PDrop's official rule; see fastv.layer_scoring).
+    scored_at: ScoredAt = "previous"
+    # Positions of the kept tokens from this layer on: "original" keeps the positions they had;
+    # "contiguous" renumbers them as if the dropped tokens had never been in the prompt.
+    positions: Positions = "original"
 
 
 @dataclass(kw_only=True)
@@ -70,8 +79,12 @@ class Method:
     mode: Mode = "drop"
     seed: int = 0
     require_visual: bool = False
+    positions: Positions | None = None  # None: the method's paper (`default_positions`)
 
     name = "method"
+    # What the method's official code does after a cut: FastV keeps the original positions; PDrop,
+    # VisionZip and DivPrune renumber the kept tokens contiguously. The other choice is fastv's variant.
+    default_positions: ClassVar[Positions] = "original"
 
     def __post_init__(self) -> None:
         if self.ratio is not None and self.keep is not None:
@@ -84,6 +97,13 @@ class Method:
             raise FastVError(f"keep={self.keep} must be >= 0 visual tokens")
         if self.mode not in ("drop", "mask"):
             raise FastVError(f"mode={self.mode!r}: choose 'drop' or 'mask'")
+        if self.positions not in (None, "original", "contiguous"):
+            raise FastVError(f"positions={self.positions!r}: choose 'original' or 'contiguous'")
+
+    @property
+    def position_mode(self) -> Positions:
+        """The positions this method's cuts give the kept tokens (see `Stage.positions`)."""
+        return self.positions or self.default_positions
 
     def keep_count(self, n_visual: int) -> int:
         """Visual tokens kept of `n_visual` under a single cut."""
@@ -95,6 +115,13 @@ class Method:
 
     def stages(self, adapter: Adapter) -> list[Stage]:
         raise NotImplementedError
+
+    def build(self, adapter: Adapter) -> list[Stage]:
+        """The stages the engine runs: `stages()`, each giving its kept tokens this method's positions."""
+        out = self.stages(adapter)
+        for stage in out:
+            stage.positions = self.position_mode
+        return out
 
     def prepare(self, handle: PruneHandle) -> list[Callable[[], None]]:
         """Install method-specific observers (e.g. on the vision tower); return their undo callables."""

@@ -1,11 +1,17 @@
 """DivPrune (Alvar et al., CVPR 2025, arXiv 2503.02175): keep a maximally diverse subset.
 
 Pruning by importance keeps many near-duplicate tokens; DivPrune instead solves a max-min
-diversity problem on the visual features, greedily: start from the token whose nearest neighbour
-is farthest, then repeatedly add the token whose distance to the kept set (its nearest kept
-token) is largest. Distance is cosine distance, 1 - cos(x_i, x_j), on the projected visual
-features entering the language model (layer 0 hidden states). Text-agnostic and before the
-language model, so it also shrinks layer 0's cost and the whole KV cache.
+diversity problem on the visual features, greedily, as the official code (vbdi/divprune,
+`LlavaMetaForCausalLM.DivPrune`) does: distance is cosine distance, 1 - cos(x_i, x_j), on the
+projected visual features entering the language model (layer 0 hidden states); the first pick
+maximises each token's second-smallest distance (its column's smallest is its distance to itself,
+so this is its nearest neighbour's distance); each next pick maximises the distance to its nearest
+picked token. Ties go to the lowest index (torch.argmax). The official loop does not exclude picked
+tokens, so when every unpicked token duplicates a picked one it can pick a token twice; fastv then
+takes the first unpicked token instead (the same choice whenever the official one is not a repeat).
+Text-agnostic and before the language model, so it also shrinks layer 0's cost and the whole KV
+cache. The official code rebuilds the sequence, so positions default to "contiguous"; "original"
+is fastv's variant.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ def max_min_diverse(features: torch.Tensor, k: int) -> torch.Tensor:
     dist = 1.0 - x @ x.T
     if n == 1:
         return torch.zeros(1, dtype=torch.long)
-    nearest = dist.masked_fill(torch.eye(n, dtype=torch.bool, device=dist.device), float("inf")).min(1).values
+    nearest = dist.topk(2, dim=0, largest=False).values[1]  # second-smallest of each column (official)
     picked = [int(nearest.argmax())]
     to_set = dist[picked[0]].clone()
     taken = torch.zeros(n, dtype=torch.bool, device=dist.device)
@@ -47,10 +53,11 @@ class DivPrune(Method):
     """Keep `keep` visual tokens per image that are maximally diverse (max-min cosine distance).
 
     Runs before the language model (a stage at layer 0); any family (an image = a run of visual
-    tokens, see `fastv.methods.grid`).
+    tokens, see `fastv.methods.grid`). positions: "contiguous" (official, default) or "original".
     """
 
     name = "divprune"
+    default_positions = "contiguous"
 
     def stages(self, adapter: Adapter) -> list[Stage]:
         return [PerImageStage(self.name, self.choose).stage(0)]

@@ -1,8 +1,12 @@
 """PDrop (Xing et al., CVPR 2025, arXiv 2410.17247): pyramid visual-token dropping.
 
 Visual tokens are cut at several layers, each cut keeping a share lambda of those still alive,
-ranked by the attention the last instruction token pays them at the layer before the cut (the
-engine's "last" tap). The paper's LLaVA-1.5-7B setting cuts at layers 8, 16, 24 of 32 with
+ranked, as in the official code (Cooperx521/PyramidDrop, `pdrop_rank_drop`), by the attention the
+last instruction token pays them at the cut layer itself: layer c's input layernorm, q/k projections
+and RoPE applied to the hidden states entering layer c, softmax, mean over heads, top-k per image
+(`fastv.layer_scoring`; FastV instead reads the attention layer c-1 computed). The official code
+then rebuilds the sequence with contiguous position ids, so `positions` defaults to "contiguous";
+"original" is fastv's variant. The paper's LLaVA-1.5-7B setting cuts at layers 8, 16, 24 of 32 with
 lambda = 0.5, i.e. 576 -> 288 -> 144 -> 72 visual tokens, 270 per layer on average.
 
 Budget: `keep` (or `ratio`) is the average number of visual tokens per decoder layer, per image,
@@ -81,22 +85,26 @@ def _integer_schedule(n: int, need: int, spans: list[int], ideal: list[float]) -
 
 @dataclass(kw_only=True)
 class PDrop(Method):
-    """Pyramid dropping at `layers` (default L/4, L/2, 3L/4), ranked by the last token's attention.
+    """Pyramid dropping at `layers` (default L/4, L/2, 3L/4), ranked by the last token's attention
+    at each cut layer (its own q/k on its input, as the official code does).
 
     keep/ratio: average visual tokens per layer, per image (see the module doc for the schedule).
-    Any family (an image = a run of visual tokens, see `fastv.methods.grid`); drop and mask modes.
+    positions: "contiguous" (official, default) or "original" (fastv's variant).
+    Any family (an image = a run of visual tokens, see `fastv.methods.grid`); drop and mask modes;
+    contiguous positions need 1D RoPE (not Qwen-VL's M-RoPE).
     """
 
     layers: tuple[int, ...] | None = None
 
     name = "pdrop"
+    default_positions = "contiguous"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.layers is not None:
             self.layers = tuple(int(x) for x in self.layers)
-            if not self.layers or list(self.layers) != sorted(set(self.layers)) or self.layers[0] < 1:
-                raise FastVError(f"pdrop layers={self.layers}: give increasing layers >= 1")
+            if not self.layers or list(self.layers) != sorted(set(self.layers)) or self.layers[0] < 0:
+                raise FastVError(f"pdrop layers={self.layers}: give increasing layers >= 0")
 
     def cuts(self, num_layers: int) -> tuple[int, ...]:
         if self.layers is not None:
@@ -122,7 +130,7 @@ class PDrop(Method):
 
             return choose
 
-        return [PerImageStage(self.name, chooser(i)).stage(c, "last") for i, c in enumerate(cuts)]
+        return [PerImageStage(self.name, chooser(i)).stage(c, "last", scored_at="own") for i, c in enumerate(cuts)]
 
 
 @lru_cache(maxsize=256)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from fastv.errors import FastVError
-from fastv.methods.base import Stage, StageContext
+from fastv.methods.base import ScoredAt, Stage, StageContext
 from fastv.methods.grid import ImageRun, image_runs
 from fastv.selection import Selection
 
@@ -39,8 +39,8 @@ class PerImageStage:
         self.name, self.choose = name, choose
         self._replace: list[tuple[int, torch.Tensor, torch.Tensor]] = []
 
-    def stage(self, layer: int, attention_rows=None, merging: bool = False) -> Stage:
-        return Stage(layer, self.keep, self.score, attention_rows, self.merge if merging else None)
+    def stage(self, layer: int, attention_rows=None, merging: bool = False, scored_at: ScoredAt = "previous") -> Stage:
+        return Stage(layer, self.keep, self.score, attention_rows, self.merge if merging else None, scored_at)
 
     def score(self, ctx: StageContext) -> tuple[torch.Tensor, list[int]]:
         out = torch.zeros(ctx.visual.shape, device=ctx.visual.device)
