@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields
 
 from fastv.errors import FastVError
 from fastv.methods.base import Method, Stage, StageContext
+from fastv.methods.dart import DART
 from fastv.methods.divprune import DivPrune
 from fastv.methods.fastv import FastV, FastVMean
 from fastv.methods.pdrop import PDrop
@@ -22,6 +23,7 @@ METHODS: dict[str, type[Method]] = {
     "pdrop": PDrop,
     "visionzip": VisionZip,
     "divprune": DivPrune,
+    "dart": DART,
 }
 
 ANY = "every supported family"
@@ -52,6 +54,7 @@ ABOUT: dict[str, About] = {
     "pdrop": About("PDrop, arXiv 2410.17247", "layers L/4, L/2, 3L/4", "per image, mean per layer", ANY),
     "visionzip": About("VisionZip, arXiv 2412.04467", "vision tower + before the LM", "per image", "LLaVA-1.5"),
     "divprune": About("DivPrune, arXiv 2503.02175", "before the LM", "per image", f"{ANY} but Qwen3-VL (deepstack)"),
+    "dart": About("DART, arXiv 2502.11494", "layer k (default 2)", "per image", f"{ANY} (Qwen3-VL: k >= deepstack)"),
 }
 
 
@@ -76,6 +79,7 @@ def make(name: str, **settings) -> Method:
 
 __all__ = [
     "ABOUT",
+    "DART",
     "METHODS",
     "DivPrune",
     "FastV",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fastv.errors import FastVError
 from fastv.methods.base import Method
+from fastv.methods.dart import DART
 from fastv.methods.fastv import FastV
 from fastv.methods.pdrop import PDrop
 from fastv.methods.random_uniform import _LayerChoice
@@ -34,5 +35,5 @@ def visual_tokens_per_layer(method: Method, num_layers: int, n: int) -> list[int
     keep = method.keep_count(n)
     if not 0 <= keep <= n:
         raise FastVError(f"{method.name}: cannot keep {keep} of {n} visual tokens")
-    k = method.k if isinstance(method, (FastV, _LayerChoice)) else 0
+    k = method.k if isinstance(method, (FastV, _LayerChoice, DART)) else 0
     return [n] * k + [keep] * (num_layers - k)
