@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields
 
 from fastv.errors import FastVError
 from fastv.methods.base import Method, Stage, StageContext
+from fastv.methods.cdpruner import CDPruner
 from fastv.methods.dart import DART
 from fastv.methods.divprune import DivPrune
 from fastv.methods.fastv import FastV, FastVMean
@@ -24,6 +25,7 @@ METHODS: dict[str, type[Method]] = {
     "visionzip": VisionZip,
     "divprune": DivPrune,
     "dart": DART,
+    "cdpruner": CDPruner,
 }
 
 ANY = "every supported family"
@@ -55,6 +57,7 @@ ABOUT: dict[str, About] = {
     "visionzip": About("VisionZip, arXiv 2412.04467", "vision tower + before the LM", "per image", "LLaVA-1.5"),
     "divprune": About("DivPrune, arXiv 2503.02175", "before the LM", "per image", f"{ANY} but Qwen3-VL (deepstack)"),
     "dart": About("DART, arXiv 2502.11494", "layer k (default 2)", "per image", f"{ANY} (Qwen3-VL: k >= deepstack)"),
+    "cdpruner": About("CDPruner, arXiv 2506.10967 (LM relevance)", "before the LM", "per image", f"{ANY} but Qwen3-VL"),
 }
 
 
@@ -79,6 +82,7 @@ def make(name: str, **settings) -> Method:
 
 __all__ = [
     "ABOUT",
+    "CDPruner",
     "DART",
     "METHODS",
     "DivPrune",
