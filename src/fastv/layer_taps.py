@@ -23,13 +23,16 @@ if TYPE_CHECKING:
     from fastv.engine import PruneHandle
 
 
-def tap_text_attention(
-    handle: PruneHandle, modules: list[torch.nn.Module], fn: attention_tap.TapFn
+def tap(
+    model: torch.nn.Module, config_key: str, modules: list[torch.nn.Module], fn: attention_tap.TapFn
 ) -> Callable[[], None]:
-    """Tap attention modules of the language model; returns the undo callable."""
-    key = handle.adapter.text_config_key
-    current = getattr(handle.model.config, key)._attn_implementation or "sdpa"
-    if current.startswith(attention_tap.PREFIX):  # the engine already switched it: add our callbacks only
+    """Tap attention modules of the sub-model configured by `config_key`; returns the undo callable.
+
+    Unlike `attention_tap.install`, it may be called when that sub-model already runs the tapping
+    implementation (the engine's tap, or another method's): then it only adds its callbacks.
+    """
+    current = getattr(model.config, config_key)._attn_implementation or "sdpa"
+    if current.startswith(attention_tap.PREFIX):
         removers = [attention_tap.add_tap(m, fn) for m in modules]
 
         def undo() -> None:
@@ -37,7 +40,7 @@ def tap_text_attention(
                 remove()
 
         return undo
-    return attention_tap.install(handle.model, key, modules, fn)
+    return attention_tap.install(model, config_key, modules, fn)
 
 
 def record_keys(handle: PruneHandle, layer: int, name: str) -> Callable[[], None]:
@@ -55,7 +58,7 @@ def record_keys(handle: PruneHandle, layer: int, name: str) -> Callable[[], None
         if query.shape[-2] == key.shape[-2]:
             handle.extra[name] = key.detach()
 
-    undo = tap_text_attention(handle, [attn], on_attention)
+    undo = tap(handle.model, handle.adapter.text_config_key, [attn], on_attention)
 
     def remove() -> None:
         undo()

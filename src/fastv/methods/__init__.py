@@ -10,6 +10,7 @@ from fastv.methods.cdpruner import CDPruner
 from fastv.methods.dart import DART
 from fastv.methods.divprune import DivPrune
 from fastv.methods.fastv import FastV, FastVMean
+from fastv.methods.holov import HoloV
 from fastv.methods.pdrop import PDrop
 from fastv.methods.pool import Pool
 from fastv.methods.random_uniform import RandomPrune, Uniform
@@ -26,6 +27,7 @@ METHODS: dict[str, type[Method]] = {
     "divprune": DivPrune,
     "dart": DART,
     "cdpruner": CDPruner,
+    "holov": HoloV,
 }
 
 ANY = "every supported family"
@@ -58,6 +60,7 @@ ABOUT: dict[str, About] = {
     "divprune": About("DivPrune, arXiv 2503.02175", "before the LM", "per image", f"{ANY} but Qwen3-VL (deepstack)"),
     "dart": About("DART, arXiv 2502.11494", "layer k (default 2)", "per image", f"{ANY} (Qwen3-VL: k >= deepstack)"),
     "cdpruner": About("CDPruner, arXiv 2506.10967 (LM relevance)", "before the LM", "per image", f"{ANY} but Qwen3-VL"),
+    "holov": About("HoloV, arXiv 2510.02912", "before the LM (vision tower's CLS attention)", "per image", "LLaVA-1.5"),
 }
 
 
@@ -88,6 +91,7 @@ __all__ = [
     "DivPrune",
     "FastV",
     "FastVMean",
+    "HoloV",
     "Method",
     "PDrop",
     "Pool",
