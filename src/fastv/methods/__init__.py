@@ -10,6 +10,7 @@ from fastv.methods.cdpruner import CDPruner
 from fastv.methods.dart import DART
 from fastv.methods.divprune import DivPrune
 from fastv.methods.fastv import FastV, FastVMean
+from fastv.methods.flowcut import FlowCut
 from fastv.methods.holov import HoloV
 from fastv.methods.pdrop import PDrop
 from fastv.methods.pool import Pool
@@ -28,6 +29,7 @@ METHODS: dict[str, type[Method]] = {
     "dart": DART,
     "cdpruner": CDPruner,
     "holov": HoloV,
+    "flowcut": FlowCut,
 }
 
 ANY = "every supported family"
@@ -61,6 +63,7 @@ ABOUT: dict[str, About] = {
     "dart": About("DART, arXiv 2502.11494", "layer k (default 2)", "per image", f"{ANY} (Qwen3-VL: k >= deepstack)"),
     "cdpruner": About("CDPruner, arXiv 2506.10967 (LM relevance)", "before the LM", "per image", f"{ANY} but Qwen3-VL"),
     "holov": About("HoloV, arXiv 2510.02912", "before the LM (vision tower's CLS attention)", "per image", "LLaVA-1.5"),
+    "flowcut": About("FlowCut, arXiv 2505.19536", "inside the vision tower (progressive)", "per image", "LLaVA-1.5"),
 }
 
 
@@ -91,6 +94,7 @@ __all__ = [
     "DivPrune",
     "FastV",
     "FastVMean",
+    "FlowCut",
     "HoloV",
     "Method",
     "PDrop",
