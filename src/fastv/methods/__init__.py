@@ -15,6 +15,7 @@ from fastv.methods.holov import HoloV
 from fastv.methods.pdrop import PDrop
 from fastv.methods.pool import Pool
 from fastv.methods.random_uniform import RandomPrune, Uniform
+from fastv.methods.sparsevlm import SparseVLM
 from fastv.methods.visionzip import VisionZip
 
 METHODS: dict[str, type[Method]] = {
@@ -30,6 +31,7 @@ METHODS: dict[str, type[Method]] = {
     "cdpruner": CDPruner,
     "holov": HoloV,
     "flowcut": FlowCut,
+    "sparsevlm": SparseVLM,
 }
 
 ANY = "every supported family"
@@ -64,6 +66,7 @@ ABOUT: dict[str, About] = {
     "cdpruner": About("CDPruner, arXiv 2506.10967 (LM relevance)", "before the LM", "per image", f"{ANY} but Qwen3-VL"),
     "holov": About("HoloV, arXiv 2510.02912", "before the LM (vision tower's CLS attention)", "per image", "LLaVA-1.5"),
     "flowcut": About("FlowCut, arXiv 2505.19536", "inside the vision tower (progressive)", "per image", "LLaVA-1.5"),
+    "sparsevlm": About("SparseVLM v1.0, arXiv 2410.04417", "after layers 2, 6, 15 of 32 (scaled)", "per image", ANY),
 }
 
 
@@ -100,6 +103,7 @@ __all__ = [
     "PDrop",
     "Pool",
     "RandomPrune",
+    "SparseVLM",
     "Stage",
     "StageContext",
     "Uniform",

@@ -21,6 +21,9 @@ def visual_tokens_per_layer(method: Method, num_layers: int, n: int) -> list[int
     FastV's budget is per sample: for a prompt with several images, call it with the sample's total.
     Pre-LM methods (pool, divprune, visionzip) and random/uniform at k=0 cut before layer 0.
     """
+    own = getattr(method, "visual_tokens_per_layer", None)
+    if own is not None:  # methods whose schedule is their own (e.g. recycled tokens on top of the kept ones)
+        return own(num_layers, n)
     if method.mode == "mask":
         return [n] * num_layers  # masked tokens are still computed
     if isinstance(method, PDrop):
