@@ -58,9 +58,16 @@ def feature_attention_layer(adapter: Adapter, method: str) -> tuple[torch.nn.Mod
     return layers[index].self_attn, skip
 
 
-def record_cls_attention(handle: PruneHandle, name: str, method: str) -> Callable[[], None]:
-    """At every vision-tower call, store its [CLS] attention (n_images, T) in `handle.extra[name]`."""
-    attn, skip = feature_attention_layer(handle.adapter, method)
+def record_cls_attention(handle: PruneHandle, name: str, method: str, index: int | None = None) -> Callable[[], None]:
+    """At every vision-tower call, store its [CLS] attention (n_images, T) in `handle.extra[name]`.
+
+    index: the vision layer to read (default: the one whose output LLaVA projects).
+    """
+    layers, feature, skip = feature_layer(handle.adapter, method)
+    index = feature if index is None else index
+    if not 0 <= index < len(layers):
+        raise FastVError(f"{method}: vision layer {index} does not exist (the tower has {len(layers)})")
+    attn = layers[index].self_attn
 
     def on_attention(module, query, key, mask, kwargs) -> None:
         probs = query_attention(module, query, key, mask, kwargs, rows=0).mean(1)[:, 0]  # (N, T+1)

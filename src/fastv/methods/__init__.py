@@ -17,6 +17,7 @@ from fastv.methods.pool import Pool
 from fastv.methods.random_uniform import RandomPrune, Uniform
 from fastv.methods.sparsevlm import SparseVLM
 from fastv.methods.visionzip import VisionZip
+from fastv.methods.vscan import VScan
 
 METHODS: dict[str, type[Method]] = {
     "fastv": FastV,
@@ -32,6 +33,7 @@ METHODS: dict[str, type[Method]] = {
     "holov": HoloV,
     "flowcut": FlowCut,
     "sparsevlm": SparseVLM,
+    "vscan": VScan,
 }
 
 ANY = "every supported family"
@@ -67,6 +69,7 @@ ABOUT: dict[str, About] = {
     "holov": About("HoloV, arXiv 2510.02912", "before the LM (vision tower's CLS attention)", "per image", "LLaVA-1.5"),
     "flowcut": About("FlowCut, arXiv 2505.19536", "inside the vision tower (progressive)", "per image", "LLaVA-1.5"),
     "sparsevlm": About("SparseVLM v1.0, arXiv 2410.04417", "after layers 2, 6, 15 of 32 (scaled)", "per image", ANY),
+    "vscan": About("VScan, arXiv 2505.22654", "before the LM + layer L/2", "per image, mean per layer", "LLaVA-1.5"),
 }
 
 
@@ -108,5 +111,6 @@ __all__ = [
     "StageContext",
     "Uniform",
     "VisionZip",
+    "VScan",
     "make",
 ]
