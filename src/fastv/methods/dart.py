@@ -32,6 +32,10 @@ Differences from the official code, all forced by fastv's conventions, none by t
   after the sample's last visual token (the instruction), shared by the sample's images. Fewer
   text tokens than `pivot_text` use what there is.
 
+The L1 norm of post-RoPE keys depends on absolute positions (unlike attention): for padded
+batches pass position ids counted from each sample's first real token (`generate` does), or a
+padded sample may pick other pivots than it would alone.
+
 Any family (Qwen3-VL: k >= its deepstack depth, which the engine enforces); drop and mask modes.
 """
 
