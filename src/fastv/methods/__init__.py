@@ -6,13 +6,19 @@ from dataclasses import dataclass, fields
 
 from fastv.errors import FastVError
 from fastv.methods.base import Method, Stage, StageContext
+from fastv.methods.cdpruner import CDPruner
 from fastv.methods.compose import Composite
+from fastv.methods.dart import DART
 from fastv.methods.divprune import DivPrune
 from fastv.methods.fastv import FastV, FastVMean
+from fastv.methods.flowcut import FlowCut
+from fastv.methods.holov import HoloV
 from fastv.methods.pdrop import PDrop
 from fastv.methods.pool import Pool
 from fastv.methods.random_uniform import RandomPrune, Uniform
+from fastv.methods.sparsevlm import SparseVLM
 from fastv.methods.visionzip import VisionZip
+from fastv.methods.vscan import VScan
 
 METHODS: dict[str, type[Method]] = {
     "fastv": FastV,
@@ -23,6 +29,12 @@ METHODS: dict[str, type[Method]] = {
     "pdrop": PDrop,
     "visionzip": VisionZip,
     "divprune": DivPrune,
+    "dart": DART,
+    "cdpruner": CDPruner,
+    "holov": HoloV,
+    "flowcut": FlowCut,
+    "sparsevlm": SparseVLM,
+    "vscan": VScan,
 }
 
 ANY = "every supported family"
@@ -63,6 +75,12 @@ ABOUT: dict[str, About] = {
         "per image",
         f"{ANY} but Qwen3-VL (deepstack); contiguous positions: not Qwen-VL",
     ),
+    "dart": About("DART, arXiv 2502.11494", "layer k (default 2)", "per image", f"{ANY} (Qwen3-VL: k >= deepstack)"),
+    "cdpruner": About("CDPruner, arXiv 2506.10967 (LM relevance)", "before the LM", "per image", f"{ANY} but Qwen3-VL"),
+    "holov": About("HoloV, arXiv 2510.02912", "before the LM (vision tower's CLS attention)", "per image", "LLaVA-1.5"),
+    "flowcut": About("FlowCut, arXiv 2505.19536", "inside the vision tower (progressive)", "per image", "LLaVA-1.5"),
+    "sparsevlm": About("SparseVLM v1.0, arXiv 2410.04417", "after layers 2, 6, 15 of 32 (scaled)", "per image", ANY),
+    "vscan": About("VScan, arXiv 2505.22654", "before the LM + layer L/2", "per image, mean per layer", "LLaVA-1.5"),
 }
 COMPOSITION = About(
     "A+B: a pre-LM method, then an in-LLM one (fastv.methods.compose)",
@@ -107,19 +125,25 @@ def make(name: str, **settings) -> Method:
 __all__ = [
     "ABOUT",
     "COMPOSITION",
+    "CDPruner",
+    "DART",
     "METHODS",
     "Composite",
     "DivPrune",
     "FastV",
     "FastVMean",
+    "FlowCut",
+    "HoloV",
     "Method",
     "PDrop",
     "Pool",
     "RandomPrune",
+    "SparseVLM",
     "Stage",
     "StageContext",
     "Uniform",
     "VisionZip",
+    "VScan",
     "make",
     "method_class",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from fastv.errors import FastVError
 from fastv.methods.base import Method
 from fastv.methods.compose import Composite
+from fastv.methods.dart import DART
 from fastv.methods.fastv import FastV
 from fastv.methods.pdrop import PDrop
 from fastv.methods.random_uniform import _LayerChoice
@@ -21,6 +22,9 @@ def visual_tokens_per_layer(method: Method, num_layers: int, n: int) -> list[int
     FastV's budget is per sample: for a prompt with several images, call it with the sample's total.
     Pre-LM methods (pool, divprune, visionzip) and random/uniform at k=0 cut before layer 0.
     """
+    own = getattr(method, "visual_tokens_per_layer", None)
+    if own is not None:  # methods whose schedule is their own (e.g. recycled tokens on top of the kept ones)
+        return own(num_layers, n)
     if method.mode == "mask":
         return [n] * num_layers  # masked tokens are still computed
     if isinstance(method, Composite):  # the in-LLM part sees what the pre-LM part kept
@@ -39,5 +43,5 @@ def visual_tokens_per_layer(method: Method, num_layers: int, n: int) -> list[int
     keep = method.keep_count(n)
     if not 0 <= keep <= n:
         raise FastVError(f"{method.name}: cannot keep {keep} of {n} visual tokens")
-    k = method.k if isinstance(method, (FastV, _LayerChoice)) else 0
+    k = method.k if isinstance(method, (FastV, _LayerChoice, DART)) else 0
     return [n] * k + [keep] * (num_layers - k)
