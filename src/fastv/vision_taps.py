@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from fastv import compat
 from fastv.attention_tap import query_attention
 from fastv.errors import FastVError, UnsupportedModelError
 from fastv.families import Adapter
@@ -136,14 +137,14 @@ class EncoderCut:
         return undo
 
     def _start(self, module, args, kwargs) -> None:
-        hidden = args[0] if args else kwargs["hidden_states"]
+        hidden = compat.hidden_states(args, kwargs)
         n, t = hidden.shape[:2]
         self.rows = torch.arange(t, device=hidden.device).expand(n, t)
         self.full = t
 
     def _cut(self, i: int):
         def hook(module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
+            hidden = compat.hidden_states(args, kwargs)
             with torch.no_grad():
                 keep = self.decide(i - 1, hidden)
             if keep is None:
@@ -151,10 +152,7 @@ class EncoderCut:
             keep = keep.to(hidden.device)
             self.rows = self.rows.gather(1, keep)
             new = hidden.gather(1, keep[..., None].expand(-1, -1, hidden.shape[-1]))
-            if args:
-                return (new, *args[1:]), kwargs
-            kwargs["hidden_states"] = new
-            return args, kwargs
+            return compat.replace_hidden_states(args, kwargs, new)
 
         return hook
 

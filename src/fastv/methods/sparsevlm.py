@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from fastv import compat
 from fastv.errors import FastVError
 from fastv.families import Adapter
 from fastv.methods.base import Method, Stage, StageContext
@@ -180,7 +181,7 @@ class SparseVLM(Method):
 
     def prepare(self, handle: PruneHandle) -> list[Callable[[], None]]:
         def on_layer0(module, args, kwargs) -> None:
-            hidden = args[0] if args else kwargs["hidden_states"]
+            hidden = compat.hidden_states(args, kwargs)
             if hidden.shape[1] > 1:
                 handle.extra[KEY] = hidden.detach()
 
