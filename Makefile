@@ -1,14 +1,14 @@
 # `make test` is the README's test command and what CI runs (.ci/run), on a fresh machine.
 # It builds one virtual environment per transformers release it tests (under .venvs/):
 #   newest: whatever pip picks inside pyproject's range -> the whole suite
-#   oldest: the range's lower bound (fastv/compat.py OLDEST_TESTED) -> engine, families, methods, default model
+#   oldest: the range's lower bound (fastv/core/hf/compat.py OLDEST_TESTED) -> engine, families, methods, default model
 # `make test-transformers V=5.25.0` reruns the whole suite on any release (how the range moves forward).
 .PHONY: test install system-deps test-newest test-oldest test-transformers
 
 PYTHON ?= python3
 VENVS := .venvs
 TORCH := torch==2.13.0
-OLDEST := $(shell sed -n 's/^OLDEST_TESTED = "\(.*\)"/\1/p' src/fastv/compat.py)
+OLDEST := $(shell sed -n 's/^OLDEST_TESTED = "\(.*\)"/\1/p' src/fastv/core/hf/compat.py)
 CORE_TESTS := tests/test_compat.py tests/test_engine.py tests/test_families.py tests/test_methods.py \
 	tests/test_stages.py tests/test_default_model.py
 

@@ -35,7 +35,7 @@ if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:  # freed activations must l
 import torch  # noqa: E402
 
 from fastv import FastVError, flops  # noqa: E402
-from fastv.benchmark import BenchConfig, PeakRSS, build_inputs, build_model  # noqa: E402
+from fastv.bench.measure import BenchConfig, PeakRSS, build_inputs, build_model  # noqa: E402
 from fastv.methods import make  # noqa: E402
 
 OUT = Path(__file__).parent / "results"

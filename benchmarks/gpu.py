@@ -46,11 +46,11 @@ T_START = time.perf_counter()  # the budget counts from here: imports and CUDA s
 import torch  # noqa: E402
 
 from fastv import flops as F  # noqa: E402
-from fastv.benchmark import BenchConfig, _default_dtype, build_inputs, run_once  # noqa: E402
-from fastv.errors import FastVError  # noqa: E402
+from fastv.bench.measure import BenchConfig, _default_dtype, build_inputs, run_once  # noqa: E402
+from fastv.core.errors import FastVError  # noqa: E402
+from fastv.flops.shapes import KNOWN_SHAPES, build_config  # noqa: E402
 from fastv.methods import make  # noqa: E402
 from fastv.methods.accounting import visual_tokens_per_layer  # noqa: E402
-from fastv.model_shapes import KNOWN_SHAPES, build_config  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "gpu"
 RESERVE_S = 5.0  # kept back from the budget for the last call's overrun and the tables/plot
@@ -66,7 +66,7 @@ class ModelSpec:
     """One model to time: a known shape, optionally shrunk (smoke), and its share of the budget."""
 
     key: str
-    shape: str  # fastv.model_shapes.KNOWN_SHAPES name
+    shape: str  # fastv.flops.shapes.KNOWN_SHAPES name
     keeps: tuple[int, ...]  # visual-token budgets of the per-budget methods
     pdrop_layers: tuple[int, ...] = (2, 6, 12)  # an early first cut makes PDrop's low budgets reachable
     batches: tuple[int, ...] = (1, 8)
@@ -184,7 +184,7 @@ def build(spec: ModelSpec, device: torch.device, dtype: torch.dtype, attn: str) 
 
 
 def batch_inputs(model: torch.nn.Module, batch: int, device: torch.device) -> tuple[dict[str, torch.Tensor], int]:
-    """fastv.benchmark's prompt (4 text tokens, the image, 36 text tokens), repeated `batch` times."""
+    """fastv.bench.measure's prompt (4 text tokens, the image, 36 text tokens), repeated `batch` times."""
     inputs, n_visual = build_inputs(model, BenchConfig(n_text=N_TEXT))
     out = {k: v.repeat(batch, *[1] * (v.dim() - 1)).to(device) for k, v in inputs.items()}
     return out, n_visual

@@ -12,8 +12,8 @@ from PIL import Image
 from tiny_llava import GRID, IMAGE_TOKEN, batch, prompt, tiny_llava
 
 from fastv import FastV
-from fastv.analysis import GROUPS, aggregate, analyze, analyze_batch, token_groups, visual_layout
-from fastv.errors import FastVError
+from fastv.analysis.attention import GROUPS, aggregate, analyze, analyze_batch, token_groups, visual_layout
+from fastv.core.errors import FastVError
 
 N = GRID * GRID
 G = {g: i for i, g in enumerate(GROUPS)}
@@ -163,7 +163,7 @@ def _check_png(path, min_bytes=5000):
 
 
 def test_pngs_written(llava, padded, tmp_path):
-    from fastv import plots
+    from fastv.analysis import plots
 
     r = analyze_batch(llava, padded, matrix_layer=2, max_new_tokens=2)[0]
     paths = plots.save_all(r, tmp_path, heat_layers=[0, 2])
@@ -249,7 +249,7 @@ def test_cli_prompts_file(saved, tmp_path):
 
 
 def test_default_model_goes_through_load_default(monkeypatch):
-    import fastv.default_model
+    import fastv.zoo.default_model
     from fastv import loading
 
     class Tok:
@@ -259,7 +259,7 @@ def test_default_model_goes_through_load_default(monkeypatch):
         tokenizer = Tok()
 
     model = tiny_llava()
-    monkeypatch.setattr(fastv.default_model, "load_default", lambda dtype: (model, Proc()))
+    monkeypatch.setattr(fastv.zoo.default_model, "load_default", lambda dtype: (model, Proc()))
     got, proc = loading.load_model("default", attn="eager")
     assert got is model and proc.tokenizer.padding_side == "left"
     assert model.config.text_config._attn_implementation == "eager"

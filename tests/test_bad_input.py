@@ -22,7 +22,7 @@ from tiny_processor import IMAGE_SIZE, save_tiny_llava
 from typer.testing import CliRunner
 
 from fastv.cli import _register, app
-from fastv.errors import FastVError
+from fastv.core.errors import FastVError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "src" / "fastv" / "examples"
 SCENE = EXAMPLES / "scene_0.png"
@@ -212,7 +212,7 @@ def test_4_parquet_embedded_bytes_are_verified(files, tmp_path):
 @pytest.fixture
 def no_benchmark(monkeypatch):
     """Record what `fastv bench` would run instead of running it (the measurement is not under test)."""
-    from fastv import benchmark as B
+    from fastv.bench import measure as B
 
     calls = []
 

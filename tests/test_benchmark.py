@@ -9,9 +9,9 @@ import torch
 from transformers import AutoModelForImageTextToText
 from typer.testing import CliRunner
 
-from fastv import benchmark as B
 from fastv import flops as F
-from fastv.model_shapes import build_config
+from fastv.bench import measure as B
+from fastv.flops.shapes import build_config
 
 TEXT = dict(
     hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,

@@ -106,15 +106,15 @@ def assert_refused(args: list[str]) -> None:
 @pytest.fixture
 def no_models(monkeypatch, tmp_path):
     """Fail loudly if a refusal would have loaded or built a model first; run in an empty folder."""
-    import fastv.benchmark
+    import fastv.bench.measure
     import fastv.loading
 
     def loaded(*a, **k):
         raise AssertionError("a model was loaded for a value the validation layer should refuse")
 
     monkeypatch.setattr(fastv.loading, "load_model", loaded)
-    monkeypatch.setattr(fastv.benchmark, "build_model", loaded)
-    monkeypatch.setattr(fastv.benchmark, "run_and_save", loaded)
+    monkeypatch.setattr(fastv.bench.measure, "build_model", loaded)
+    monkeypatch.setattr(fastv.bench.measure, "run_and_save", loaded)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

@@ -22,8 +22,9 @@ import transformers
 from tiny_llava import batch, prompt, tiny_llava
 from transformers.cache_utils import Cache, DynamicCache
 
-from fastv import FastV, FastVError, compat
-from fastv.compat import CompatibilityError
+from fastv import FastV, FastVError
+from fastv.core.hf import compat
+from fastv.core.hf.compat import CompatibilityError
 
 ROOT = Path(__file__).resolve().parents[1]
 

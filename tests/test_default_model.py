@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastv.datasets import shapes
-from fastv.default_model import DEFAULT_MODEL_DIR, answer, exact_match, has_default_weights, load_default
+from fastv.zoo.datasets import shapes
+from fastv.zoo.default_model import DEFAULT_MODEL_DIR, answer, exact_match, has_default_weights, load_default
 
 pytestmark = pytest.mark.skipif(
     not has_default_weights(),

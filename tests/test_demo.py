@@ -16,11 +16,11 @@ import torch
 from PIL import Image
 from tiny_processor import save_tiny_llava
 
-from fastv import overlay
+from fastv.analysis import overlay
 from fastv.demo.logic import Demo, Settings
-from fastv.engine import FastV
 from fastv.generate import answer
 from fastv.loading import build_inputs, load_model, to_model
+from fastv.methods import FastV
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "src" / "fastv" / "examples"
 SCENE = EXAMPLES / "scene_0.png"
@@ -225,7 +225,7 @@ def test_default_model_answers_an_example():
     """The shipped model, as `fastv demo` serves it: the full answer is the example's answer."""
     import json
 
-    from fastv.default_model import has_default_weights
+    from fastv.zoo.default_model import has_default_weights
 
     if not has_default_weights():
         pytest.skip("default model weights not shipped yet")

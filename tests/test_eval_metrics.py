@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from fastv.errors import FastVError
+from fastv.core.errors import FastVError
 from fastv.eval import metrics as M
 from fastv.eval.data import load_samples
 from fastv.eval.report import pareto_front, summarize

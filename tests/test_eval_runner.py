@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastv.errors import FastVError
+from fastv.core.errors import FastVError
 from fastv.eval import EvalConfig, evaluate, fastv_grid, load_samples
 from fastv.eval.report import without_latency
 from fastv.eval.runner import Dist

@@ -15,7 +15,9 @@ import torch
 from tiny_families import BUILDERS
 
 import fastv
-from fastv import FastV, FastVError, compat, positions
+from fastv import FastV, FastVError
+from fastv.core import positions
+from fastv.core.hf import compat
 
 K = 2
 RATIO = 0.5

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForImageTextToText
 
 from fastv import flops
-from fastv.model_shapes import KNOWN_SHAPES, build_config, load_config
+from fastv.flops.shapes import KNOWN_SHAPES, build_config, load_config
 
 TINY_TEXT = dict(
     hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,

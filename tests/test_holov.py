@@ -8,7 +8,7 @@ from tiny_families import qwen2_vl
 from tiny_llava import GRID, IMAGE_TOKEN, batch, prompt, tiny_llava
 
 from fastv import FastVError
-from fastv.errors import UnsupportedModelError
+from fastv.core.errors import UnsupportedModelError
 from fastv.methods import make
 from fastv.methods.accounting import visual_tokens_per_layer
 from fastv.methods.holov import allocate, region_score

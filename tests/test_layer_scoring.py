@@ -10,7 +10,7 @@ from tiny_families import BUILDERS
 from tiny_llava import batch, prompt, tiny_llava
 
 from fastv import Method
-from fastv.methods.base import Stage
+from fastv.core.stages import Stage
 from fastv.methods.fastv import last_token_attention
 
 FAMILIES = ["llava", "qwen2_vl", "gemma3", "internvl", "idefics3"]

@@ -8,8 +8,9 @@ import torch
 from tiny_families import gemma3, qwen2_vl
 from tiny_llava import GRID, IMAGE_TOKEN, batch, prompt, tiny_llava
 
-from fastv import FastVError, compat, flops
-from fastv.errors import UnsupportedModelError
+from fastv import FastVError, flops
+from fastv.core.errors import UnsupportedModelError
+from fastv.core.hf import compat
 from fastv.methods import PDrop, make
 from fastv.methods.accounting import visual_tokens_per_layer
 from fastv.methods.pdrop import pyramid

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from fastv.errors import FastVError
+from fastv.core.errors import FastVError
 from fastv.eval import caption_tokens as T
 from fastv.eval import metrics as M
 from fastv.eval.report import markdown_table, summarize

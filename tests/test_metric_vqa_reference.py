@@ -15,7 +15,7 @@ import re
 
 import pytest
 
-from fastv.errors import FastVError
+from fastv.core.errors import FastVError
 from fastv.eval import metrics as M
 from fastv.eval.vqa_answers import CONTRACTIONS, normalize_vqa
 

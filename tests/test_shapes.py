@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from fastv.datasets import shapes
+from fastv.zoo.datasets import shapes
 
 
 def test_same_seed_same_scene_and_pixels():

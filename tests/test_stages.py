@@ -10,8 +10,9 @@ from tiny_families import BUILDERS
 from tiny_llava import IMAGE_TOKEN, batch, prompt, tiny_llava
 
 import fastv
-from fastv import FastVError, FastVMean, Method, compat
-from fastv.methods.base import Stage
+from fastv import FastVError, FastVMean, Method
+from fastv.core.hf import compat
+from fastv.core.stages import Stage
 from fastv.methods.fastv import last_token_attention
 
 

@@ -10,7 +10,7 @@ from tiny_llava import IMAGE_TOKEN, PAD, VOCAB, left_pad
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 from fastv import FastVError
-from fastv.errors import UnsupportedModelError
+from fastv.core.errors import UnsupportedModelError
 from fastv.methods import make
 from fastv.methods.accounting import visual_tokens_per_layer
 

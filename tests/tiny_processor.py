@@ -12,7 +12,7 @@ from pathlib import Path
 from tiny_llava import GRID, IMAGE_TOKEN, PAD, VOCAB, tiny_llava
 from transformers import CLIPImageProcessor, LlavaProcessor, PreTrainedTokenizerFast
 
-from fastv.word_tokenizer import word_level_tokenizer
+from fastv.zoo.word_tokenizer import word_level_tokenizer
 
 SPECIALS = {"<pad>": PAD, "<s>": 1, "</s>": 2, "<unk>": 3, "<image>": IMAGE_TOKEN}
 WORDS = (

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from model_setup import build_model, build_processor  # noqa: E402
 
-from fastv.default_model import DEFAULT_MODEL_DIR  # noqa: E402
+from fastv.zoo.default_model import DEFAULT_MODEL_DIR  # noqa: E402
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from fastv.datasets import shapes  # noqa: E402
+from fastv.zoo.datasets import shapes  # noqa: E402
 
 OUT = ROOT / "src" / "fastv" / "examples"
 # (test-split index, question kinds asked about it)
@@ -37,7 +37,7 @@ def main() -> None:
             if s.kind in kinds:
                 items.append({"image": name, "seed": seed, "kind": s.kind, "prompt": s.question, "answer": s.answer})
     doc = {
-        "about": "Scenes of the shapes world (fastv.datasets.shapes, test split) for fastv's default model. "
+        "about": "Scenes of the shapes world (fastv.zoo.datasets.shapes, test split) for fastv's default model. "
         "Cells are a1..d4: column letter left to right, row number top to bottom.",
         "examples": items,
     }

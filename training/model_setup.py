@@ -1,6 +1,6 @@
 """Build the default model's tokenizer, processor and (untrained) LLaVA model from scratch.
 
-The tokenizer is word-level over `fastv.datasets.shapes.WORDS`: every cell, colour and shape name is
+The tokenizer is word-level over `fastv.zoo.datasets.shapes.WORDS`: every cell, colour and shape name is
 one token, which lets a small language model look a cell up in one attention step.
 """
 
@@ -16,8 +16,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from fastv.datasets import shapes
-from fastv.word_tokenizer import word_level_tokenizer
+from fastv.zoo.datasets import shapes
+from fastv.zoo.word_tokenizer import word_level_tokenizer
 
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
 NUM_IMAGE_TOKENS = (shapes.IMAGE_SIZE // shapes.PATCH_SIZE) ** 2

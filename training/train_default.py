@@ -9,7 +9,7 @@ answers then depend on a few tokens, which is what makes visual-token pruning me
 Phase B trains LLaVA end to end with the tower frozen, on several question/answer pairs packed
 after each image (loss on the answers only), in exactly the chat-template format users send.
 At the end the model is evaluated on the test split with greedy `generate` and installed into
-``src/fastv/models/default/``; ``training/default_model_report.json`` records the results.
+``src/fastv/zoo/models/default/``; ``training/default_model_report.json`` records the results.
 
 Measured: about 85 minutes on a 2-core CPU shared with other jobs (1 thread; 98.5% test exact match).
 """
@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from model_setup import NUM_IMAGE_TOKENS, build_model, build_processor  # noqa: E402
 
-from fastv.datasets import shapes  # noqa: E402
-from fastv.default_model import DEFAULT_MODEL_DIR, exact_match  # noqa: E402
+from fastv.zoo.datasets import shapes  # noqa: E402
+from fastv.zoo.default_model import DEFAULT_MODEL_DIR, exact_match  # noqa: E402
 
 COLOR_IDS = {c: i + 1 for i, c in enumerate(shapes.COLORS)}
 SHAPE_IDS = {s: i + 1 for i, s in enumerate(shapes.SHAPES)}

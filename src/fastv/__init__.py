@@ -1,16 +1,16 @@
 """fastv: FastV visual-token pruning for Hugging Face vision-language models."""
 
-from fastv import compat
-from fastv.engine import PruneHandle
-from fastv.errors import FastVError, UnsupportedModelError
-from fastv.families import FAMILIES, resolve
+from fastv.core.engine import PruneHandle
+from fastv.core.errors import FastVError, UnsupportedModelError
+from fastv.core.hf import compat
+from fastv.core.hf.families import FAMILIES, resolve
+from fastv.core.stats import PruneStats
 from fastv.methods import METHODS, FastV, FastVMean, Method, make
-from fastv.stats import PruneStats
 
 
 def load_default(*args, **kwargs):
-    """The shipped default model and its processor (see `fastv.default_model.load_default`)."""
-    from fastv.default_model import load_default as _load
+    """The shipped default model and its processor (see `fastv.zoo.default_model.load_default`)."""
+    from fastv.zoo.default_model import load_default as _load
 
     return _load(*args, **kwargs)
 

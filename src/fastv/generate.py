@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from fastv.engine import FastV
-from fastv.stats import PruneStats
+from fastv.core.stats import PruneStats
+from fastv.methods import FastV
 
 
 @dataclass

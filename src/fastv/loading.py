@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from fastv.errors import FastVError
+from fastv.core.errors import FastVError
+from fastv.core.hf.chat import chat_text
 
 ImageLike = str | Path | Image.Image
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
@@ -43,7 +44,7 @@ def load_model(name_or_path: str, dtype: str | torch.dtype = "float32", attn: st
     """
     dt = torch_dtype(dtype)
     if name_or_path == "default":
-        from fastv.default_model import load_default  # written separately; import only when asked
+        from fastv.zoo.default_model import load_default  # written separately; import only when asked
 
         model, processor = load_default(dtype=dt)
         if attn:
@@ -137,21 +138,6 @@ def load_frames(video: str | Path | Sequence[ImageLike]) -> list[Image.Image]:
     if isinstance(video, (str, Path)):
         video = frame_files(video)
     return [load_image(f) for f in video]
-
-
-def chat_text(processor: Any, prompt: str, n_images: int, video: bool) -> str:
-    """The prompt with image/video placeholders, through the processor's chat template when it has one."""
-    content = [{"type": "image"} for _ in range(n_images)]
-    if video:
-        content.append({"type": "video"})
-    content.append({"type": "text", "text": prompt})
-    if getattr(processor, "chat_template", None):
-        messages = [{"role": "user", "content": content}]
-        return processor.apply_chat_template(messages, add_generation_prompt=True)
-    marks = [getattr(processor, "image_token", "<image>")] * n_images
-    if video:
-        marks.append(getattr(processor, "video_token", "<video>"))
-    return " ".join([*marks, prompt])
 
 
 def build_inputs(

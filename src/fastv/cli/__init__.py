@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from fastv.errors import FastVError
+from fastv.core.errors import FastVError
 
 try:  # typer >= 0.20 vendors click: its own exception types
     from typer.exceptions import TyperException as _OptionError

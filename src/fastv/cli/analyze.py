@@ -1,6 +1,6 @@
 """`fastv analyze`: where does the model's attention go, layer by layer, on your own image?
 
-Only parses options and calls `fastv.analysis` / `fastv.plots`; one prompt gives JSON + PNGs + a
+Only parses options and calls `fastv.analysis.attention` / `fastv.analysis.plots`; one prompt gives JSON + PNGs + a
 table, a folder of images (or a JSONL of image/prompt pairs) gives the mean allocation per layer.
 """
 
@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from fastv.cli import app, make_console, validate, warn
-from fastv.errors import FastVError
+from fastv.core.errors import FastVError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 console = make_console()
@@ -30,7 +30,7 @@ def _parse_layers(text: str | None) -> list[int] | None:
 
 
 def _table(result: Any, title: str, layers: list[int] | None = None) -> Table:
-    from fastv.analysis import GROUPS
+    from fastv.analysis.attention import GROUPS
 
     groups = result.groups_present()
     table = Table(title=title, title_justify="left")
@@ -115,10 +115,11 @@ def analyze(
     attn: str = typer.Option("sdpa", "--attn", help="Attention implementation to load the model with."),
 ) -> None:
     """Per layer, the share of attention each token group gets; heat maps over the image; JSON + PNGs."""
-    from fastv import analysis, plots
-    from fastv.engine import FastV
-    from fastv.families import resolve
+    from fastv.analysis import attention as analysis
+    from fastv.analysis import plots
+    from fastv.core.hf.families import resolve
     from fastv.loading import build_inputs, load_model, to_model
+    from fastv.methods import FastV
 
     info = validate.model(model)
     validate.dtype(dtype)
@@ -194,7 +195,8 @@ def _aggregate(
 ) -> None:
     from tqdm.auto import tqdm
 
-    from fastv import analysis, plots
+    from fastv.analysis import attention as analysis
+    from fastv.analysis import plots
     from fastv.loading import build_inputs, to_model
 
     per_sample = out / "samples"

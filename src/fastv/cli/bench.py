@@ -15,7 +15,7 @@ import typer
 from rich.markdown import Markdown
 
 from fastv.cli import app, make_console, validate
-from fastv.errors import FastVError
+from fastv.core.errors import FastVError
 from fastv.eval.settings import parse_list
 
 BENCH_DTYPES = ("bfloat16", "float32", "float16")
@@ -24,7 +24,7 @@ OUTPUTS = (".json", ".png", ".md")
 
 def _model_layers(model: str) -> int:
     """The language model's depth of a known shape or a checkpoint folder (refuses anything else)."""
-    from fastv.model_shapes import KNOWN_SHAPES
+    from fastv.flops.shapes import KNOWN_SHAPES
 
     if model.lower() in KNOWN_SHAPES:
         return int(KNOWN_SHAPES[model.lower()].text["num_hidden_layers"])
@@ -109,7 +109,7 @@ def bench_cmd(
     force: bool = typer.Option(False, "--force", help="Overwrite outputs of the same name in --out."),
 ) -> None:
     """Time the full model and FastV(K, R), alternating in one process; write JSON + PNG + table."""
-    from fastv import benchmark as B
+    from fastv.bench import measure as B
 
     console = make_console()
     suites = list(B.SUITES) if suite == "all" else [suite]

@@ -7,7 +7,7 @@ import os
 import typer
 
 from fastv.cli import app, make_console, validate
-from fastv.errors import FastVError
+from fastv.core.errors import FastVError
 
 
 @app.command()

@@ -10,9 +10,9 @@ from rich.table import Table
 
 from fastv import flops as F
 from fastv.cli import app, make_console, validate
-from fastv.errors import FastVError
+from fastv.core.errors import FastVError
 from fastv.eval.settings import parse_list
-from fastv.model_shapes import KNOWN_SHAPES
+from fastv.flops.shapes import KNOWN_SHAPES
 
 
 def _known_table() -> Table:

@@ -9,11 +9,10 @@ from pathlib import Path
 import typer
 
 from fastv.cli import app, make_console, validate, warn
-from fastv.engine import FastV
-from fastv.errors import FastVError
+from fastv.core.errors import FastVError
 from fastv.generate import answer, context_note, kept_note
 from fastv.loading import build_inputs, load_model, to_model
-from fastv.methods import make, method_class
+from fastv.methods import FastV, make, method_class
 
 
 def _layer_lens(lens: list[int]) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastv.errors import FastVError
+from fastv.core.errors import FastVError
 
 DTYPES = ("float32", "bfloat16", "float16")
 ATTN = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
@@ -39,7 +39,7 @@ class ModelInfo:
         """Whether the family takes videos (None: unknown until the model loads)."""
         if self.model_type is None:
             return None
-        from fastv.families import FAMILIES
+        from fastv.core.hf.families import FAMILIES
 
         family = next((f for f in FAMILIES if self.model_type in f.model_types), None)
         return None if family is None else family.video
@@ -60,7 +60,7 @@ def _config_info(name: str, config_path: Path) -> ModelInfo:
 def model(name: str) -> ModelInfo:
     """'default', a save_pretrained folder (must hold config.json), or a hub id (checked when loaded)."""
     if name == "default":
-        from fastv.default_model import DEFAULT_MODEL_DIR, has_default_weights
+        from fastv.zoo.default_model import DEFAULT_MODEL_DIR, has_default_weights
 
         if not has_default_weights():
             raise FastVError(
@@ -98,7 +98,7 @@ def loaded_video_support(net: Any, has_video: bool) -> None:
     """The same check once a model is loaded (hub ids are known only then)."""
     if not has_video:
         return
-    from fastv.families import resolve
+    from fastv.core.hf.families import resolve
 
     family = resolve(net).family
     if not family.video:

@@ -16,8 +16,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no usage 
 
 import gradio as gr  # noqa: E402
 
+from fastv.core.errors import FastVError  # noqa: E402
 from fastv.demo.logic import Comparison, Demo, Settings  # noqa: E402
-from fastv.errors import FastVError  # noqa: E402
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 CSS = """
@@ -37,7 +37,7 @@ THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], fon
 
 
 def examples(limit: int = 10) -> list[list[str]]:
-    """[image path, prompt] pairs from the default model's world (`fastv/examples/examples.json`)."""
+    """[image path, prompt] pairs from the default model's world (`fastv/zoo/examples/examples.json`)."""
     index = EXAMPLES_DIR / "examples.json"
     if not index.is_file():
         return []

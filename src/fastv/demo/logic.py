@@ -24,13 +24,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
-from fastv import overlay
-from fastv.engine import FastV
-from fastv.errors import FastVError
-from fastv.families import resolve
-from fastv.flops import TextShape, format_flops, theory_layer_flops, vision_flops
+from fastv.analysis import overlay
+from fastv.core.cost import TextShape, format_flops
+from fastv.core.errors import FastVError
+from fastv.core.hf.families import resolve
+from fastv.flops.llm import theory_layer_flops
+from fastv.flops.vision import vision_flops
 from fastv.generate import Answer, answer, context_note, kept_note
 from fastv.loading import build_inputs, to_model
+from fastv.methods import FastV
 
 log = logging.getLogger(__name__)
 VIDEO_FRAMES = 8
@@ -334,11 +336,11 @@ class Demo:
         return result
 
     def _allocation(self, inputs: dict[str, Any], key: tuple) -> tuple[Path | None, str]:
-        """The per-layer attention allocation chart (fastv.analysis + fastv.plots) of the full model."""
+        """The per-layer attention allocation chart (fastv.analysis.attention + fastv.analysis.plots) of the full model."""
         if self.num_layers < 2:
             return None, "the attention chart needs a language model with at least 2 layers"
-        from fastv.analysis import analyze
-        from fastv.plots import plot_allocation
+        from fastv.analysis.attention import analyze
+        from fastv.analysis.plots import plot_allocation
 
         name = hashlib.sha1(repr(key).encode()).hexdigest()[:16]
         try:
@@ -351,7 +353,7 @@ class Demo:
     def _masked(
         self, inputs: dict[str, Any], fast: Answer, images: list[Image.Image], frames: list[Image.Image] | None
     ) -> Image.Image:
-        from fastv.analysis import visual_layout
+        from fastv.analysis.attention import visual_layout
 
         panels = visual_layout(self.model, inputs["input_ids"][:1].cpu(), inputs)[0]
         kept = fast.stats.kept_positions[0].tolist()

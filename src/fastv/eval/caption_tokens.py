@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from fastv.errors import FastVError
+from fastv.core.errors import FastVError
 
 PTB = "ptb"
 FALLBACK = "fallback"

@@ -22,7 +22,7 @@ from typing import Any
 
 from PIL import Image
 
-from fastv.errors import FastVError
+from fastv.core.errors import FastVError
 from fastv.loading import check_image_file, frame_files, load_image, verify_image_bytes
 
 ImageSource = str | Path | Image.Image | Callable[[], Image.Image]
@@ -68,7 +68,7 @@ class EvalSample:
 
 def shapes_samples(split: str = "test", n_images: int = 50, kinds: Sequence[str] | None = None) -> list[EvalSample]:
     """fastv's synthetic shapes benchmark (one question per kind per scene), rendered on demand."""
-    from fastv.datasets import shapes
+    from fastv.zoo.datasets import shapes
 
     chosen = tuple(kinds) if kinds else shapes.KINDS
     unknown = set(chosen) - set(shapes.KINDS)

@@ -22,7 +22,7 @@ import string
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
-from fastv.errors import FastVError
+from fastv.core.errors import FastVError
 from fastv.eval.caption_tokens import tokenize_captions
 from fastv.eval.vqa_answers import clean_whitespace, normalize_vqa, process_digit_article, process_punctuation
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastv.errors import FastVError
+from fastv.core.errors import FastVError
 from fastv.eval.data import EvalSample, load_samples
 from fastv.eval.metrics import VQA_COMPAT
 from fastv.eval.report import pareto_plot, rescore, summarize, write_summary

@@ -136,7 +136,7 @@ def _fmt(value: Any, pct: bool = False) -> str:
 
 
 def flops_text(value: float | None) -> str:
-    from fastv.flops import format_flops
+    from fastv.core.cost import format_flops
 
     return "-" if value is None else format_flops(value)
 

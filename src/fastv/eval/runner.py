@@ -21,13 +21,13 @@ from typing import Any
 import torch
 
 from fastv import flops as F
-from fastv.errors import FastVError
+from fastv.core.errors import FastVError
+from fastv.core.hf.families import resolve
 from fastv.eval.data import EvalSample
 from fastv.eval.loyalty import loyalty
 from fastv.eval.metrics import sample_scores
 from fastv.eval.settings import Setting
 from fastv.eval.store import ResultStore
-from fastv.families import resolve
 from fastv.loading import build_inputs, to_model
 
 TOP_K = 5  # first-token top-k log-probs kept on disk for inspection (the exact KL is computed in memory)

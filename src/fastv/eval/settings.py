@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
-from fastv.errors import FastVError
+from fastv.core.errors import FastVError
 from fastv.methods import METHODS, make, method_class
 
 FULL = "full"

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from fastv.errors import FastVError
+from fastv.core.errors import FastVError
 
 Key = tuple[str, str]  # (setting name, sample id)
 MANIFEST = "run.json"

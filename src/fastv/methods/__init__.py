@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from fastv.errors import FastVError
-from fastv.methods.base import Method, Stage, StageContext
+from fastv.core.errors import FastVError
+from fastv.core.stages import Stage, StageContext
+from fastv.methods.base import Method
 from fastv.methods.cdpruner import CDPruner
 from fastv.methods.compose import Composite
 from fastv.methods.dart import DART

@@ -7,7 +7,7 @@ measured (`PruneStats.layer_seq_lens`) for every method.
 
 from __future__ import annotations
 
-from fastv.errors import FastVError
+from fastv.core.errors import FastVError
 from fastv.methods.base import Method
 from fastv.methods.compose import Composite
 from fastv.methods.dart import DART

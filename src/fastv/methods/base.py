@@ -7,62 +7,18 @@ owns every hook; a stage only scores tokens (and, for merging methods, rewrites 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from fastv.errors import FastVError
-from fastv.selection import Selection
+from fastv.core.errors import FastVError
 
 if TYPE_CHECKING:
-    from fastv.engine import PruneHandle
-    from fastv.families import Adapter
+    from fastv.core.engine import PruneHandle
+    from fastv.core.hf.families import Adapter
 
-Mode = Literal["drop", "mask"]
-Rows = Literal["last", "text_after_visual"]
-ScoredAt = Literal["previous", "own"]
-Positions = Literal["original", "contiguous"]
-
-
-@dataclass
-class StageContext:
-    """Everything a stage may rank by. Positions are original sequence positions."""
-
-    input_ids: torch.Tensor  # (B, L)
-    visual: torch.Tensor  # (B, L) every visual position
-    alive: torch.Tensor  # (B, L) visual positions still computed before this stage
-    hidden: torch.Tensor  # (B, Lc, H) hidden states entering the stage's layer
-    rows: torch.Tensor  # (B, Lc) original positions of those rows
-    generator: torch.Generator  # seeded per prefill
-    adapter: Adapter
-    attention: torch.Tensor | None = None  # (B, r, Lc) head-averaged probs of the tapped query rows
-    query_rows: torch.Tensor | None = None  # (B, r) original positions of those query rows
-    query_valid: torch.Tensor | None = None  # (B, r) which tapped rows count for each sample
-    extra: dict[str, Any] = field(default_factory=dict)  # method-specific (e.g. vision attention)
-
-    def absolute(self, current: torch.Tensor, fill: float = float("-inf")) -> torch.Tensor:
-        """Scores over the current rows (B, Lc) -> over original positions (B, L)."""
-        out = torch.full(self.visual.shape, fill, dtype=current.dtype, device=current.device)
-        return out.scatter(1, self.rows, current)
-
-
-@dataclass
-class Stage:
-    layer: int  # pruning happens as this decoder layer starts (0: before the language model)
-    keep: Callable[[int], int]  # visual tokens alive -> visual tokens kept
-    # (B, L) over original positions, higher is kept; or (scores, kept count per sample) for
-    # methods whose budget is not a function of the sample's visual-token count (per image)
-    score: Callable[[StageContext], torch.Tensor | tuple[torch.Tensor, list[int]]]
-    attention_rows: Rows | None = None  # query rows whose attention the score needs
-    merge: Callable[[StageContext, Selection], torch.Tensor] | None = None  # new hidden rows (B, L', H)
-    # Where those rows' attention comes from: "previous" records what layer-1 computed (FastV);
-    # "own" computes this layer's attention on its input before the cut, with its own norm, q/k and
-    # RoPE (PDrop's official rule; see fastv.layer_scoring).
-    scored_at: ScoredAt = "previous"
-    # Positions of the kept tokens from this layer on: "original" keeps the positions they had;
-    # "contiguous" renumbers them as if the dropped tokens had never been in the prompt.
-    positions: Positions = "original"
+from fastv.core.stages import Mode, Positions, Stage
 
 
 @dataclass(kw_only=True)
@@ -129,6 +85,6 @@ class Method:
 
     def apply(self, model: torch.nn.Module) -> PruneHandle:
         """Install the method on `model`; the returned handle is a context manager and has `remove()`."""
-        from fastv.engine import PruneHandle
+        from fastv.core.engine import PruneHandle
 
         return PruneHandle(self, model)

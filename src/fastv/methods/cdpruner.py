@@ -35,8 +35,9 @@ from dataclasses import dataclass
 
 import torch
 
-from fastv.families import Adapter
-from fastv.methods.base import Method, Stage, StageContext
+from fastv.core.hf.families import Adapter
+from fastv.core.stages import Stage, StageContext
+from fastv.methods.base import Method
 from fastv.methods.grid import ImageRun
 from fastv.methods.per_image import Choice, PerImageStage
 

@@ -23,12 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from fastv.errors import FastVError
-from fastv.methods.base import Method, Stage
+from fastv.core.errors import FastVError
+from fastv.core.stages import Stage
+from fastv.methods.base import Method
 
 if TYPE_CHECKING:
-    from fastv.engine import PruneHandle
-    from fastv.families import Adapter
+    from fastv.core.engine import PruneHandle
+    from fastv.core.hf.families import Adapter
 
 IN_LLM_REFUSED = {
     "pdrop": "its layer-average budget is defined over the image's full token count, which a pre-LM cut changes",

@@ -47,15 +47,16 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from fastv.errors import FastVError
-from fastv.families import Adapter
-from fastv.layer_taps import record_keys
-from fastv.methods.base import Method, Stage, StageContext
+from fastv.core.errors import FastVError
+from fastv.core.hf.families import Adapter
+from fastv.core.layer_taps import record_keys
+from fastv.core.stages import Stage, StageContext
+from fastv.methods.base import Method
 from fastv.methods.grid import ImageRun
 from fastv.methods.per_image import Choice, PerImageStage
 
 if TYPE_CHECKING:
-    from fastv.engine import PruneHandle
+    from fastv.core.engine import PruneHandle
 
 KEY = "dart_keys"
 

@@ -7,9 +7,10 @@ from typing import Literal
 
 import torch
 
-from fastv.errors import FastVError
-from fastv.families import Adapter
-from fastv.methods.base import Method, Stage, StageContext
+from fastv.core.errors import FastVError
+from fastv.core.hf.families import Adapter
+from fastv.core.stages import Stage, StageContext
+from fastv.methods.base import Method
 
 
 def last_token_attention(ctx: StageContext) -> torch.Tensor:

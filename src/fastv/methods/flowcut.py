@@ -18,7 +18,7 @@ layers (paper Sec. 4). We follow the official LLaVA code (TungChintao/FlowCut,
   The [CLS] token always stays. The feature layer then runs on the `keep` survivors, whose
   output LLaVA projects.
 
-The rows are dropped inside the tower with `fastv.vision_taps.EncoderCut`; the language model
+The rows are dropped inside the tower with `fastv.core.vision_taps.EncoderCut`; the language model
 then keeps the surviving patches' positions at layer 0 (their original positions, as fastv does
 everywhere; the official code renumbers them). As in the official code, one tower call prunes
 every image by the same counts, so the intermediate counts (not the final `keep`) depend on which
@@ -37,17 +37,18 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from fastv import attention_tap
-from fastv.attention_tap import query_attention
-from fastv.errors import FastVError
-from fastv.families import Adapter
-from fastv.methods.base import Method, Stage, StageContext
+from fastv.core.errors import FastVError
+from fastv.core.hf import attention_tap
+from fastv.core.hf.attention_tap import query_attention
+from fastv.core.hf.families import Adapter
+from fastv.core.stages import Stage, StageContext
+from fastv.core.vision_taps import EncoderCut, feature_layer
+from fastv.methods.base import Method
 from fastv.methods.grid import ImageRun, fixed_sizes
 from fastv.methods.per_image import Choice, PerImageStage
-from fastv.vision_taps import EncoderCut, feature_layer
 
 if TYPE_CHECKING:
-    from fastv.engine import PruneHandle
+    from fastv.core.engine import PruneHandle
 
 KEY = "flowcut_kept"
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from fastv.errors import FastVError, UnsupportedModelError
-from fastv.families import Adapter
+from fastv.core.errors import FastVError, UnsupportedModelError
+from fastv.core.hf.families import Adapter
 
 GRID_SUPPORT = (
     "LLaVA-1.5 (llava) images and Video-LLaVA (video_llava) images with "

@@ -33,7 +33,7 @@ Differences from the official code, forced by fastv's conventions:
   tokens in decreasing attention order and renumbers positions.
 
 Before the language model (a stage at layer 0), per image; LLaVA-1.5 only (the [CLS] attention of
-a CLIP-like tower, see `fastv.vision_taps`); drop and mask modes.
+a CLIP-like tower, see `fastv.core.vision_taps`); drop and mask modes.
 """
 
 from __future__ import annotations
@@ -44,15 +44,16 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from fastv.errors import FastVError
-from fastv.families import Adapter
-from fastv.methods.base import Method, Stage, StageContext
+from fastv.core.errors import FastVError
+from fastv.core.hf.families import Adapter
+from fastv.core.stages import Stage, StageContext
+from fastv.core.vision_taps import feature_attention_layer, images_attention, record_cls_attention
+from fastv.methods.base import Method
 from fastv.methods.grid import ImageRun
 from fastv.methods.per_image import Choice, PerImageStage
-from fastv.vision_taps import feature_attention_layer, images_attention, record_cls_attention
 
 if TYPE_CHECKING:
-    from fastv.engine import PruneHandle
+    from fastv.core.engine import PruneHandle
 
 KEY = "holov_cls"
 EPS = 1e-6

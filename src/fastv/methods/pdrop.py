@@ -4,7 +4,7 @@ Visual tokens are cut at several layers, each cut keeping a share lambda of thos
 ranked, as in the official code (Cooperx521/PyramidDrop, `pdrop_rank_drop`), by the attention the
 last instruction token pays them at the cut layer itself: layer c's input layernorm, q/k projections
 and RoPE applied to the hidden states entering layer c, softmax, mean over heads, top-k per image
-(`fastv.layer_scoring`; FastV instead reads the attention layer c-1 computed). The official code
+(`fastv.core.layer_scoring`; FastV instead reads the attention layer c-1 computed). The official code
 then rebuilds the sequence with contiguous position ids, so `positions` defaults to "contiguous";
 "original" is fastv's variant. The paper's LLaVA-1.5-7B setting cuts at layers 8, 16, 24 of 32 with
 lambda = 0.5, i.e. 576 -> 288 -> 144 -> 72 visual tokens, 270 per layer on average.
@@ -30,9 +30,10 @@ from itertools import product
 
 import torch
 
-from fastv.errors import FastVError
-from fastv.families import Adapter
-from fastv.methods.base import Method, Stage, StageContext
+from fastv.core.errors import FastVError
+from fastv.core.hf.families import Adapter
+from fastv.core.stages import Stage, StageContext
+from fastv.methods.base import Method
 from fastv.methods.fastv import last_token_attention
 from fastv.methods.grid import ImageRun, fixed_sizes
 from fastv.methods.per_image import Choice, PerImageStage, top

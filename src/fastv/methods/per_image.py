@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from fastv.errors import FastVError
-from fastv.methods.base import ScoredAt, Stage, StageContext
+from fastv.core.errors import FastVError
+from fastv.core.selection import Selection
+from fastv.core.stages import ScoredAt, Stage, StageContext
 from fastv.methods.grid import ImageRun, image_runs
-from fastv.selection import Selection
 
 
 @dataclass

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
-from fastv.errors import FastVError
-from fastv.families import Adapter
-from fastv.methods.base import Method, Stage, StageContext
+from fastv.core.errors import FastVError
+from fastv.core.hf.families import Adapter
+from fastv.core.stages import Stage, StageContext
+from fastv.methods.base import Method
 from fastv.methods.grid import ImageRun, factor_grid, require_grid, run_subgrid
 from fastv.methods.per_image import Choice, PerImageStage, top
 

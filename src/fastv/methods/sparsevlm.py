@@ -45,15 +45,16 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from fastv import compat
-from fastv.errors import FastVError
-from fastv.families import Adapter
-from fastv.methods.base import Method, Stage, StageContext
+from fastv.core.errors import FastVError
+from fastv.core.hf import compat
+from fastv.core.hf.families import Adapter
+from fastv.core.stages import Stage, StageContext
+from fastv.methods.base import Method
 from fastv.methods.grid import ImageRun, fixed_sizes
 from fastv.methods.per_image import Choice, PerImageStage
 
 if TYPE_CHECKING:
-    from fastv.engine import PruneHandle
+    from fastv.core.engine import PruneHandle
 
 KEY = "sparsevlm_embeds"
 TABLE = {192: (300, 200, 110), 128: (303, 110, 36), 96: (238, 48, 26), 64: (66, 30, 17)}

@@ -39,17 +39,18 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from fastv import attention_tap
-from fastv.attention_tap import query_attention
-from fastv.errors import FastVError
-from fastv.families import Adapter
-from fastv.methods.base import Method, Stage, StageContext
+from fastv.core.errors import FastVError
+from fastv.core.hf import attention_tap
+from fastv.core.hf.attention_tap import query_attention
+from fastv.core.hf.families import Adapter
+from fastv.core.stages import Stage, StageContext
+from fastv.core.vision_taps import feature_layer
+from fastv.methods.base import Method
 from fastv.methods.grid import ImageRun
 from fastv.methods.per_image import Choice, PerImageStage
-from fastv.vision_taps import feature_layer
 
 if TYPE_CHECKING:
-    from fastv.engine import PruneHandle
+    from fastv.core.engine import PruneHandle
 
 KEY = "visionzip"
 

@@ -46,16 +46,17 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from fastv.errors import FastVError
-from fastv.families import Adapter
-from fastv.methods.base import Method, Stage, StageContext
+from fastv.core.errors import FastVError
+from fastv.core.hf.families import Adapter
+from fastv.core.stages import Stage, StageContext
+from fastv.core.vision_taps import feature_layer, images_attention, record_cls_attention
+from fastv.methods.base import Method
 from fastv.methods.fastv import last_token_attention
 from fastv.methods.grid import ImageRun, require_grid
 from fastv.methods.per_image import Choice, PerImageStage, top
-from fastv.vision_taps import feature_layer, images_attention, record_cls_attention
 
 if TYPE_CHECKING:
-    from fastv.engine import PruneHandle
+    from fastv.core.engine import PruneHandle
 
 SHALLOW, DEEP = "vscan_shallow", "vscan_deep"
 

@@ -18,10 +18,10 @@ from lmms_eval.api.model import lmms
 from PIL import Image
 from tqdm import tqdm
 
-from fastv import compat
-from fastv.engine import FastV
-from fastv.flops import prefill_flops
+from fastv.core.cost import prefill_flops
+from fastv.core.hf import compat
 from fastv.loading import build_inputs, load_model, to_model
+from fastv.methods import FastV
 
 # Placeholders lmms-eval prompts may carry; our chat template inserts the model's own.
 _PLACEHOLDERS = re.compile(r"<image>|<video>|<image_\d+>")

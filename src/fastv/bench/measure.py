@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from fastv import compat
 from fastv import flops as F
-from fastv.model_shapes import KNOWN_SHAPES
+from fastv.core.hf import compat
+from fastv.flops.shapes import KNOWN_SHAPES
 
 TEXT_ID_RANGE = (100, 1000)  # plain word ids in every supported vocabulary (no special tokens)
 
@@ -117,7 +117,7 @@ def build_model(cfg: BenchConfig) -> tuple[torch.nn.Module, str]:
     if name in KNOWN_SHAPES:
         from transformers import AutoModelForImageTextToText
 
-        from fastv.model_shapes import build_config
+        from fastv.flops.shapes import build_config
 
         shape = KNOWN_SHAPES[name]
         text = dict(shape.text)

@@ -5,7 +5,7 @@ per-token signals of a layer: DART (arXiv 2502.11494) by the L1 norm of every to
 layer before its cut. `record_keys` stores a layer's post-RoPE keys (as the model's own attention
 kernel received them, before grouped-query repetition) in `handle.extra[name]` at every prefill.
 
-It reuses `fastv.attention_tap` and coexists with the engine's own tap: when the text model already
+It reuses `fastv.core.hf.attention_tap` and coexists with the engine's own tap: when the text model already
 runs the tapping attention implementation, only the callback is added (and later removed).
 """
 
@@ -14,11 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from fastv import attention_tap
-from fastv.errors import FastVError
+from fastv.core.errors import FastVError
+from fastv.core.hf import attention_tap
 
 if TYPE_CHECKING:
-    from fastv.engine import PruneHandle
+    from fastv.core.engine import PruneHandle
 
 
 def record_keys(handle: PruneHandle, layer: int, name: str) -> Callable[[], None]:

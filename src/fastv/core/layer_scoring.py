@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from fastv import compat
-from fastv.errors import FastVError
+from fastv.core.errors import FastVError
+from fastv.core.hf import compat
 
 
 def attention_module(layer: torch.nn.Module, index: int) -> torch.nn.Module:

@@ -3,7 +3,7 @@
 Several methods (VisionZip, HoloV, VScan, FlowCut) score a visual token by the attention the
 vision tower's [CLS] token pays it at the layer whose output the projector consumes. transformers
 returns those probabilities only with eager attention and `output_attentions`; instead we tap the
-tower's own attention (sdpa, eager or flash, through `fastv.attention_tap`) and recompute the one
+tower's own attention (sdpa, eager or flash, through `fastv.core.hf.attention_tap`) and recompute the one
 [CLS] query row: O(heads x T x d) per image.
 
 `record_cls_attention` stores, at every vision-tower call, a (n_images, T) tensor of head-averaged
@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from fastv import attention_tap, compat
-from fastv.attention_tap import query_attention
-from fastv.errors import FastVError, UnsupportedModelError
-from fastv.families import Adapter
+from fastv.core.errors import FastVError, UnsupportedModelError
+from fastv.core.hf import attention_tap, compat
+from fastv.core.hf.attention_tap import query_attention
+from fastv.core.hf.families import Adapter
 
 if TYPE_CHECKING:
-    from fastv.engine import PruneHandle
+    from fastv.core.engine import PruneHandle
 
 
 def feature_layer(adapter: Adapter, method: str) -> tuple[torch.nn.ModuleList, int, int]:

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from fastv import compat
-from fastv.errors import FastVError
+from fastv.core.errors import FastVError
+from fastv.core.hf import compat
 
 PREFIX = "fastv_"
 _TAPS_ATTR = "_fastv_attention_taps"  # on the tapped module itself: no global state to leak a model

@@ -16,15 +16,17 @@ from typing import Any
 
 import torch
 
-from fastv import attention_tap, compat, layer_scoring, masks, positions
-from fastv.attention_tap import query_attention
-from fastv.errors import FastVError
-from fastv.families import Adapter, resolve
-from fastv.flops import prefill_report
-from fastv.methods.base import Method, Stage, StageContext
+from fastv.core import layer_scoring, masks, positions
+from fastv.core.cost import prefill_report
+from fastv.core.errors import FastVError
+from fastv.core.hf import attention_tap, compat
+from fastv.core.hf.attention_tap import query_attention
+from fastv.core.hf.families import Adapter, resolve
+from fastv.core.selection import Selection, select
+from fastv.core.stages import Stage, StageContext
+from fastv.core.stats import PruneStats
+from fastv.methods.base import Method
 from fastv.methods.fastv import FastV
-from fastv.selection import Selection, select
-from fastv.stats import PruneStats
 
 __all__ = ["FastV", "PruneHandle"]
 
@@ -330,7 +332,7 @@ class PruneHandle:
         return args, kwargs
 
     def _score_own_layer(self, n: int, args: tuple, kwargs: dict) -> None:
-        """Run stage n's layer's own attention on its pre-cut input (see fastv.layer_scoring).
+        """Run stage n's layer's own attention on its pre-cut input (see fastv.core.layer_scoring).
 
         The layer receives its kwargs in the full prompt's geometry; the rows entering it are those
         of stage n-1, so the scoring call gets stage n-1's position embeddings and mask.

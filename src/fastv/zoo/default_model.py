@@ -3,7 +3,7 @@
 No pretrained LVLM can be downloaded on machines without a hub, so fastv ships its own (trained by
 ``training/train_default.py``). It has exactly the LLaVA-1.5 architecture (CLIP-style tower, two-layer
 MLP projector, Llama text model), 144 visual tokens, and answers questions about
-`fastv.datasets.shapes` scenes. Loading is offline: the files sit in ``DEFAULT_MODEL_DIR``.
+`fastv.zoo.datasets.shapes` scenes. Loading is offline: the files sit in ``DEFAULT_MODEL_DIR``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from fastv.loading import chat_text
+from fastv.core.hf.chat import chat_text
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
 WEIGHTS_FILE = "model.safetensors"
@@ -54,7 +54,7 @@ def answer(
 
 
 def exact_match(model, processor, samples, batch_size: int = 64, progress: bool = False) -> dict:
-    """Exact-match accuracy over `fastv.datasets.shapes.Sample`s, overall and per question kind."""
+    """Exact-match accuracy over `fastv.zoo.datasets.shapes.Sample`s, overall and per question kind."""
     hits: dict[str, list[int]] = defaultdict(list)
     batches = range(0, len(samples), batch_size)
     if progress:

@@ -28,7 +28,7 @@ from transformers import AttentionInterface
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.masking_utils import AttentionMaskInterface
 
-from fastv.errors import FastVError
+from fastv.core.errors import FastVError
 
 # The releases CI runs the suite on (Makefile: `make test` newest, `make test-oldest` oldest).
 # pyproject.toml declares `transformers>=OLDEST,<NEXT_MINOR`: keep the three in step

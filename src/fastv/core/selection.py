@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fastv.errors import FastVError
+from fastv.core.errors import FastVError
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from fastv.errors import FastVError
+from fastv.core.errors import FastVError
 
 
 def allowed(mask: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Figures for `fastv.analysis` results (matplotlib, Agg backend: works on headless machines).
+"""Figures for `fastv.analysis.attention` results (matplotlib, Agg backend: works on headless machines).
 
 Three views, each answering one question a user has before trusting pruning:
 - allocation: how much attention each token group gets, layer by layer (and per token);
@@ -20,7 +20,7 @@ from matplotlib.collections import LineCollection  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
-from fastv.analysis import GROUPS, Aggregate, Analysis, Panel  # noqa: E402
+from fastv.analysis.attention import GROUPS, Aggregate, Analysis, Panel  # noqa: E402
 
 COLORS = {
     "system": "#8c8c8c",

@@ -191,10 +191,3 @@ def load_config(name_or_path: str) -> PretrainedConfig:
         return AutoConfig.from_pretrained(path, local_files_only=True)
     known = ", ".join(KNOWN_SHAPES)
     raise ValueError(f"unknown model {name_or_path!r}: give a config.json path, a folder, or one of {known}")
-
-
-def text_config_of(config: PretrainedConfig) -> PretrainedConfig:
-    """The language model's config of a VLM config (or the config itself for a text-only model)."""
-    if hasattr(config, "get_text_config"):
-        return config.get_text_config(decoder=True)
-    return getattr(config, "text_config", config)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fastv.errors import FastVError
+from fastv.core.errors import FastVError
 
 MROPE_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 

@@ -1,5 +1,5 @@
 """Synthetic data sets used to train and evaluate fastv's default model."""
 
-from fastv.datasets import shapes
+from fastv.zoo.datasets import shapes
 
 __all__ = ["shapes"]

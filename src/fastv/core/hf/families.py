@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PretrainedConfig
 
-from fastv import compat
-from fastv.errors import UnsupportedModelError
+from fastv.core.errors import UnsupportedModelError
+from fastv.core.hf import compat
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from fastv.attention_tap import install, query_attention
-from fastv.engine import FastV
-from fastv.errors import FastVError
-from fastv.families import Adapter, resolve
-from fastv.overlay import unnormalize
-from fastv.selection import select
+from fastv.analysis.overlay import unnormalize
+from fastv.core.errors import FastVError
+from fastv.core.hf.attention_tap import install, query_attention
+from fastv.core.hf.families import Adapter, resolve
+from fastv.core.selection import select
+from fastv.methods import FastV
 
 GROUPS = ("system", "visual", "interleaved", "instruction", "output")
 """system: text before the first visual token; visual: image/video tokens; interleaved: text between

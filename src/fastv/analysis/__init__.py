@@ -1,0 +1,1 @@
+"""Where attention goes inside a model, layer by layer, and pictures of it."""

@@ -1,0 +1,1 @@
+"""Measured speed and memory of a model with and without a method."""

@@ -1,0 +1,1 @@
+"""What fastv knows about transformers: compatibility, attention taps, model families, chat."""

@@ -1,1 +1,0 @@
-"""Model weights shipped inside the package (see `fastv.default_model`)."""

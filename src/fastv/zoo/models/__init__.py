@@ -1,0 +1,1 @@
+"""Model weights shipped inside the package (see `fastv.zoo.default_model`)."""
