@@ -34,6 +34,7 @@ test: system-deps test-newest test-oldest  ## the whole suite on the newest rele
 
 test-newest: system-deps
 	$(call venv,newest,)
+	$(VENVS)/newest/bin/lint-imports
 	$(VENVS)/newest/bin/python -m pytest
 
 test-oldest:

@@ -18,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from fastv.core.errors import FastVError
 from fastv.core.hf.chat import chat_text
+from fastv.zoo.default_model import load_default
 
 ImageLike = str | Path | Image.Image
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
@@ -44,8 +45,6 @@ def load_model(name_or_path: str, dtype: str | torch.dtype = "float32", attn: st
     """
     dt = torch_dtype(dtype)
     if name_or_path == "default":
-        from fastv.zoo.default_model import load_default  # written separately; import only when asked
-
         model, processor = load_default(dtype=dt)
         if attn:
             model.set_attn_implementation(attn)

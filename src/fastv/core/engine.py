@@ -23,12 +23,10 @@ from fastv.core.hf import attention_tap, compat
 from fastv.core.hf.attention_tap import query_attention
 from fastv.core.hf.families import Adapter, resolve
 from fastv.core.selection import Selection, select
-from fastv.core.stages import Stage, StageContext
+from fastv.core.stages import Stage, StageContext, StagePlan
 from fastv.core.stats import PruneStats
-from fastv.methods.base import Method
-from fastv.methods.fastv import FastV
 
-__all__ = ["FastV", "PruneHandle"]
+__all__ = ["PruneHandle"]
 
 
 @dataclass
@@ -48,7 +46,7 @@ class _Call:
 class PruneHandle:
     """A method installed on one model. Read `stats` after a prefill; `remove()` restores the model."""
 
-    def __init__(self, method: Method, model: torch.nn.Module) -> None:
+    def __init__(self, method: StagePlan, model: torch.nn.Module) -> None:
         adapter = resolve(model)
         self.method = method
         self.adapter: Adapter = adapter

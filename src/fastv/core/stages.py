@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 
@@ -60,3 +60,19 @@ class Stage:
     # Positions of the kept tokens from this layer on: "original" keeps the positions they had;
     # "contiguous" renumbers them as if the dropped tokens had never been in the prompt.
     positions: Positions = "original"
+
+
+class StagePlan(Protocol):
+    """What the engine asks of a method (`fastv.methods.Method` is one): its stages and a few settings.
+
+    A protocol, so that the engine depends on this contract and not on the methods package above it.
+    """
+
+    name: str
+    mode: Mode
+    seed: int
+    require_visual: bool
+
+    def build(self, adapter: Adapter) -> list[Stage]: ...
+
+    def prepare(self, handle: Any) -> list[Callable[[], None]]: ...  # handle: the engine's PruneHandle

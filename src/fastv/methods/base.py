@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from fastv.core.engine import PruneHandle
 from fastv.core.errors import FastVError
 
 if TYPE_CHECKING:
-    from fastv.core.engine import PruneHandle
     from fastv.core.hf.families import Adapter
 
 from fastv.core.stages import Mode, Positions, Stage
@@ -85,6 +85,4 @@ class Method:
 
     def apply(self, model: torch.nn.Module) -> PruneHandle:
         """Install the method on `model`; the returned handle is a context manager and has `remove()`."""
-        from fastv.core.engine import PruneHandle
-
         return PruneHandle(self, model)

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 from fastv.core.errors import FastVError
 from fastv.core.stages import Stage
 from fastv.methods.base import Method
+from fastv.methods.registry import METHODS
+from fastv.methods.registry import make_single as make
 
 if TYPE_CHECKING:
     from fastv.core.engine import PruneHandle
@@ -49,8 +51,6 @@ class Composite(Method):
     parts: tuple[Method, Method] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        from fastv.methods import METHODS, make  # the registry imports this module
-
         if self.ratio is not None:
             raise FastVError(f"{self.first}+{self.second}: give keep (the final budget), not ratio")
         super().__post_init__()
