@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fastv.core.errors import FastVError
+
 GREY = (128, 128, 128)
 
 
@@ -26,7 +28,7 @@ def kept_grid(positions: Sequence[int], shape: tuple[int, int], kept_positions: 
     """
     rows, cols = shape
     if len(positions) != rows * cols:
-        raise ValueError(f"{len(positions)} token positions cannot fill a {rows}x{cols} grid")
+        raise FastVError(f"{len(positions)} token positions cannot fill a {rows}x{cols} grid")
     kept = {int(p) for p in kept_positions}
     return np.array([int(p) in kept for p in positions], dtype=bool).reshape(rows, cols)
 

@@ -1,4 +1,5 @@
-"""Figures for `fastv.analysis.attention` results (matplotlib, Agg backend: works on headless machines).
+"""Figures for `fastv.analysis.attention` results (matplotlib `Figure`s of their own, not pyplot's:
+headless machines need no display and a notebook's backend is left alone).
 
 Three views, each answering one question a user has before trusting pruning:
 - allocation: how much attention each token group gets, layer by layer (and per token);
@@ -10,17 +11,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.collections import LineCollection
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch, Rectangle
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.collections import LineCollection  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
-from matplotlib.patches import Patch, Rectangle  # noqa: E402
-
-from fastv.analysis.attention import GROUPS, Aggregate, Analysis, Panel  # noqa: E402
+from fastv.analysis.attention import GROUPS, Aggregate, Analysis, Panel
+from fastv.core.errors import FastVError
 
 COLORS = {
     "system": "#8c8c8c",
@@ -34,11 +33,16 @@ MAX_HEAT_LAYERS = 8
 MAX_PANELS = 8
 
 
-def _save(fig: plt.Figure, path: str | Path) -> Path:
+def _subplots(*args, figsize: tuple[float, float], **kwargs):
+    """A figure of its own, not pyplot's: no global backend switch, nothing for a notebook to show."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kwargs)
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
@@ -56,7 +60,7 @@ def plot_allocation(result: Analysis | Aggregate, path: str | Path) -> Path:
     eff = result.efficiency.numpy()
     x = np.arange(len(result.layers))
     width = max(6.0, 0.35 * len(x) + 2)
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(width, 7), sharex=True, height_ratios=(3, 2))
+    fig, (top, bottom) = _subplots(2, 1, figsize=(width, 7), sharex=True, height_ratios=(3, 2))
     base = np.zeros(len(x))
     for g in groups:
         col = share[:, GROUPS.index(g)]
@@ -117,12 +121,12 @@ def plot_heatmaps(result: Analysis, path: str | Path, layers: list[int] | None =
     layers = _pick(list(layers or result.layers), MAX_HEAT_LAYERS)
     panels = _pick(result.panels, MAX_PANELS)
     if not panels:
-        fig, ax = plt.subplots(figsize=(5, 2))
+        fig, ax = _subplots(figsize=(5, 2))
         ax.axis("off")
         ax.text(0.5, 0.5, "no visual tokens in this prompt", ha="center", va="center")
         return _save(fig, path)
     vis = GROUPS.index("visual")
-    fig, axes = plt.subplots(
+    fig, axes = _subplots(
         len(panels),
         len(layers),
         figsize=(2.9 * len(layers) + 0.6, 2.9 * len(panels) + 1.4),
@@ -157,7 +161,7 @@ def plot_heatmaps(result: Analysis, path: str | Path, layers: list[int] | None =
     return _save(fig, path)
 
 
-def _heat(ax: plt.Axes, result: Analysis, p: Panel, grid: np.ndarray, vmin: float, vmax: float):
+def _heat(ax: Axes, result: Analysis, p: Panel, grid: np.ndarray, vmin: float, vmax: float):
     """One panel: the picture, the attention over it, and FastV's kept tokens outlined."""
     h, w = p.shape
     extent = (-0.5, w - 0.5, h - 0.5, -0.5)
@@ -185,10 +189,10 @@ def _heat(ax: plt.Axes, result: Analysis, p: Panel, grid: np.ndarray, vmin: floa
 def plot_matrix(result: Analysis, path: str | Path) -> Path:
     """The head-averaged attention matrix of `result.matrix_layer` (log colour), groups on the margins."""
     if result.matrix is None:
-        raise ValueError("this analysis holds no attention matrix: pass matrix_layer= to analyze()")
+        raise FastVError("this analysis holds no attention matrix: pass matrix_layer= to analyze()")
     m = result.matrix.numpy()
     n = m.shape[0]
-    fig, ax = plt.subplots(figsize=(8, 7.2))
+    fig, ax = _subplots(figsize=(8, 7.2))
     positive = m[m > 0]
     vmin = max(float(np.percentile(positive, 5)) if positive.size else 1e-6, 1e-6)
     im = ax.imshow(

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from fastv import flops as F
+from fastv.core.errors import FastVError
 from fastv.core.hf import compat
 from fastv.flops.shapes import KNOWN_SHAPES
 
@@ -107,7 +108,7 @@ def _tiny_vision(model_type: str, frames: int | None) -> dict[str, Any]:
     if model_type == "qwen2_5_vl":
         return dict(depth=1, hidden_size=64, intermediate_size=128, num_heads=2, patch_size=14,
                     spatial_merge_size=2, window_size=112, fullatt_block_indexes=[0])  # fmt: skip
-    raise ValueError(f"no benchmark inputs for model_type {model_type!r}")
+    raise FastVError(f"no benchmark inputs for model_type {model_type!r}")
 
 
 def build_model(cfg: BenchConfig) -> tuple[torch.nn.Module, str]:
@@ -211,7 +212,7 @@ def build_inputs(model: torch.nn.Module, cfg: BenchConfig) -> tuple[dict[str, to
         side_px = vc.image_size
         pin = [2 * side_px, 2 * side_px]
         if [list(p) for p in config.image_grid_pinpoints].count(pin) == 0:
-            raise ValueError(f"llava_next inputs need image_grid_pinpoints to contain {pin} (a 2x2 grid of the tower)")
+            raise FastVError(f"llava_next inputs need image_grid_pinpoints to contain {pin} (a 2x2 grid of the tower)")
         side = side_px // vc.patch_size
         n_visual = side * side + (2 * side) * (2 * side + 1)
         ids = torch.cat([pre, torch.full((n_visual,), config.image_token_id), post])[None]
@@ -241,7 +242,7 @@ def build_inputs(model: torch.nn.Module, cfg: BenchConfig) -> tuple[dict[str, to
             else {"pixel_values": pix, "image_grid_thw": grid}
         )
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "mm_token_type_ids": mm, **extra}, n_visual
-    raise ValueError(f"no benchmark inputs for model_type {kind!r}")
+    raise FastVError(f"no benchmark inputs for model_type {kind!r}")
 
 
 # --------------------------------------------------------------------------- measuring one call

@@ -48,7 +48,7 @@ def vqa_accuracy(prediction: str, answers: Sequence[str], compat: str = "default
     normalises only when the references disagree and gives 0 with a single reference.
     """
     if not answers:
-        raise ValueError("vqa_accuracy needs at least one reference answer")
+        raise FastVError("vqa_accuracy needs at least one reference answer")
     if compat == "official":
         pred, refs = clean_whitespace(prediction), [clean_whitespace(a) for a in answers]
         if len(set(refs)) > 1:
@@ -242,7 +242,7 @@ def choice_accuracy(prediction: str, choices: Sequence[str], answer: str) -> flo
     """1.0 when the model's answer (`parse_choice`) picks the reference's option (`choice_index`)."""
     gold = choice_index(answer, choices)
     if gold is None:
-        raise ValueError(f"answer {answer!r} names none of the choices {list(choices)}")
+        raise FastVError(f"answer {answer!r} names none of the choices {list(choices)}")
     return float(parse_choice(prediction, choices) == gold)
 
 

@@ -117,11 +117,12 @@ class FlopsModel:
         ids = torch.tensor(self.adapter.visual_token_ids, device=input_ids.device)
         return int(torch.isin(input_ids, ids).sum())
 
-    def vision(self, n_visual: int) -> int:
-        try:
-            v = F.vision_flops(self.config, n_visual=n_visual or None)
-        except Exception:  # unknown tower layouts count zero rather than break an eval
-            return 0
+    def vision(self, n_visual: int) -> int | None:
+        """The vision tower's and projector's FLOPs; None (recorded as such, never as 0) for a tower
+        layout `fastv.flops.vision` does not know, so an eval still runs and its records say why."""
+        v = F.vision_flops(self.config, n_visual=n_visual or None)
+        if v.tower == 0 and v.note:  # "vision tower of <family> not counted"
+            return None
         return int(v.tower + v.projector)
 
     def prefill(self, layer_seq_lens: Sequence[int]) -> int:
@@ -144,7 +145,7 @@ def _record(
     fm: FlopsModel,
     prompt_len: int,
     n_visual: int,
-    vision_flops: int,
+    vision_flops: int | None,
     rank: int,
 ) -> dict[str, Any]:
     stats = gen.stats
@@ -171,7 +172,9 @@ def _record(
         "n_kept": kept,
         "layer_seq_lens": lens,
         "flops_prefill_llm": prefill_llm,
-        "flops_prefill": prefill_llm + vision_flops,
+        # the LLM's alone when the tower's count is unknown: flops_vision says which
+        "flops_prefill": prefill_llm + (vision_flops or 0),
+        "flops_vision": vision_flops,
         "flops_decode": fm.decode(lens, len(gen.token_ids)),
         "seconds": round(gen.seconds, 5),
         "prefill_seconds": round(first.seconds, 5),

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from transformers import PretrainedConfig
 
 from fastv.core.cost import TextShape, prefill_flops
+from fastv.core.errors import FastVError
 from fastv.flops.llm import fastv_layer_seq_lens, kept_count, theory_reduction
 from fastv.flops.shapes import KNOWN_SHAPES, load_config
 from fastv.flops.vision import vision_flops
@@ -120,7 +121,7 @@ def solve_budget(
     deeper than the model are skipped; a K that cannot meet the budget even at R=1 is left out.
     """
     if scope not in ("total", "llm"):
-        raise ValueError("scope must be 'total' or 'llm'")
+        raise FastVError("scope must be 'total' or 'llm'")
     base = estimate(model, k=1, ratio=0.0, **kwargs)
     config = load_config(model) if isinstance(model, str) else model
     num_layers = TextShape.from_config(config).num_layers

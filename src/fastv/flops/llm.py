@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from fastv.core.errors import FastVError
+
 __all__ = ["fastv_layer_seq_lens", "flop_counter", "kept_count", "theory_layer_flops", "theory_reduction"]
 
 
@@ -30,14 +32,14 @@ def theory_reduction(d: int, m: int, num_layers: int, k: int, ratio: float, n_vi
 def kept_count(n_visual: int, ratio: float) -> int:
     """Visual tokens FastV keeps at pruning ratio R: the same rounding as `FastV.keep_count`."""
     if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"ratio must be in [0, 1], got {ratio}")
+        raise FastVError(f"ratio must be in [0, 1], got {ratio}")
     return n_visual - round(ratio * n_visual)
 
 
 def fastv_layer_seq_lens(num_layers: int, n_tokens: int, n_visual: int, k: int, kept: int) -> list[int]:
     """Sequence length per layer under FastV: n for layers < K, n - dropped from layer K on."""
     if not 0 <= k <= num_layers:
-        raise ValueError(f"K must be in [0, {num_layers}], got {k}")
+        raise FastVError(f"K must be in [0, {num_layers}], got {k}")
     short = n_tokens - (n_visual - kept)
     return [n_tokens] * k + [short] * (num_layers - k)
 

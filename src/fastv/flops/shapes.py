@@ -14,6 +14,8 @@ from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
 
+from fastv.core.errors import FastVError
+
 # CLIP ViT-L/14 at 336 px (LLaVA-1.5, LLaVA-NeXT) and at 224 px (LanguageBind, Video-LLaVA).
 _CLIP_L = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, patch_size=14)
 _VICUNA_7B = dict(
@@ -175,7 +177,7 @@ def build_config(
         return Qwen2VLConfig(text_config=dict(text), vision_config=dict(vision), **extra)
     if model_type == "qwen2_5_vl":
         return Qwen2_5_VLConfig(text_config=dict(text), vision_config=dict(vision), **extra)
-    raise ValueError(f"no config builder for model_type {model_type!r}")
+    raise FastVError(f"no config builder for model_type {model_type!r}")
 
 
 def load_config(name_or_path: str) -> PretrainedConfig:
@@ -190,4 +192,4 @@ def load_config(name_or_path: str) -> PretrainedConfig:
     if path.is_dir():
         return AutoConfig.from_pretrained(path, local_files_only=True)
     known = ", ".join(KNOWN_SHAPES)
-    raise ValueError(f"unknown model {name_or_path!r}: give a config.json path, a folder, or one of {known}")
+    raise FastVError(f"unknown model {name_or_path!r}: give a config.json path, a folder, or one of {known}")

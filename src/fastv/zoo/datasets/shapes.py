@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from fastv.core.errors import FastVError
+
 IMAGE_SIZE = 96
 PATCH_SIZE = 8
 GRID = 4
@@ -105,9 +107,9 @@ class QA:
 def split_seed(split: str, index: int) -> int:
     """Seed of the ``index``-th scene of a split; the splits' seed ranges never overlap."""
     if split not in _SPLIT_BASE:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        raise FastVError(f"unknown split {split!r}; expected one of {SPLITS}")
     if not 0 <= index < 1_000_000_000:
-        raise ValueError("index must be in [0, 1e9)")
+        raise FastVError("index must be in [0, 1e9)")
     return _SPLIT_BASE[split] + index
 
 
@@ -212,7 +214,7 @@ def ask(scene: Scene, kind: str, rng: random.Random) -> QA:
         other = scene.at(_neighbour(cell, kind))  # type: ignore[arg-type]
         q = f"left of {cell}" if kind == "left" else f"above {cell}"
         return QA(kind, q, other.name if other else "none")
-    raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
+    raise FastVError(f"unknown kind {kind!r}; expected one of {KINDS}")
 
 
 def questions(scene: Scene, n: int, seed: int | None = None, kinds: tuple[str, ...] = KINDS) -> list[QA]:

@@ -19,6 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from fastv.core.cost import prefill_flops
+from fastv.core.errors import FastVError
 from fastv.core.hf import compat
 from fastv.loading import build_inputs, load_model, to_model
 from fastv.methods import FastV
@@ -55,7 +56,7 @@ class FastVLlava(lmms):
     ) -> None:
         super().__init__()
         if int(batch_size) != 1:
-            raise ValueError("fastv_llava runs one request at a time (batch_size=1)")
+            raise FastVError("fastv_llava runs one request at a time (batch_size=1)")
         self.pruner = FastV(k=int(k), ratio=ratio, keep=keep, scorer=scorer, mode=mode) if fastv else None
         self.max_new_tokens = int(max_new_tokens)
         self._model, self.processor = load_model(str(pretrained), dtype=dtype, attn=attn)
@@ -90,7 +91,7 @@ class FastVLlava(lmms):
         images = [v.convert("RGB") for v in visuals if isinstance(v, Image.Image)]
         videos = [v for v in visuals if isinstance(v, str)]
         if len(videos) > 1:
-            raise ValueError("fastv_llava takes at most one video (a folder of frames) per request")
+            raise FastVError("fastv_llava takes at most one video (a folder of frames) per request")
         prompt = _PLACEHOLDERS.sub("", context).strip()
         inputs = build_inputs(self.processor, images, prompt, video=videos[0] if videos else None)
         return to_model(inputs, self._model)
