@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from fastv.core.errors import FastVError
 from fastv.core.hf.chat import chat_text
-from fastv.zoo.default_model import load_default
+from fastv.zoo import default_model
 
 ImageLike = str | Path | Image.Image
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
@@ -45,7 +45,7 @@ def load_model(name_or_path: str, dtype: str | torch.dtype = "float32", attn: st
     """
     dt = torch_dtype(dtype)
     if name_or_path == "default":
-        model, processor = load_default(dtype=dt)
+        model, processor = default_model.load_default(dtype=dt)
         if attn:
             model.set_attn_implementation(attn)
     else:

@@ -33,9 +33,9 @@ MAX_HEAT_LAYERS = 8
 MAX_PANELS = 8
 
 
-def _subplots(*args, figsize: tuple[float, float], **kwargs):
+def _subplots(*args, figsize: tuple[float, float], layout: str | None = None, **kwargs):
     """A figure of its own, not pyplot's: no global backend switch, nothing for a notebook to show."""
-    fig = Figure(figsize=figsize)
+    fig = Figure(figsize=figsize, layout=layout)
     return fig, fig.subplots(*args, **kwargs)
 
 
