@@ -23,8 +23,9 @@ from typer.testing import CliRunner
 
 from fastv.cli import _register, app
 from fastv.core.errors import FastVError
+from fastv.zoo.default_model import EXAMPLES_DIR
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "src" / "fastv" / "examples"
+EXAMPLES = EXAMPLES_DIR
 SCENE = EXAMPLES / "scene_0.png"
 
 

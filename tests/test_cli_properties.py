@@ -20,8 +20,9 @@ from typer.testing import CliRunner
 
 from fastv.cli import _register, app
 from fastv.cli.validate import ATTN, DTYPES
+from fastv.zoo.default_model import EXAMPLES_DIR
 
-SCENE = Path(__file__).resolve().parent.parent / "src" / "fastv" / "examples" / "scene_0.png"
+SCENE = EXAMPLES_DIR / "scene_0.png"
 DEFAULT_LAYERS = 6  # the default model's language-model depth
 PROPERTY = settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture], derandomize=True

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from fastv.zoo.datasets import shapes
-from fastv.zoo.default_model import DEFAULT_MODEL_DIR, answer, exact_match, has_default_weights, load_default
+from fastv.zoo.default_model import (
+    DEFAULT_MODEL_DIR,
+    EXAMPLES_DIR,
+    answer,
+    exact_match,
+    has_default_weights,
+    load_default,
+)
 
 pytestmark = pytest.mark.skipif(
     not has_default_weights(),
     reason=f"default model weights not shipped yet in {DEFAULT_MODEL_DIR} (run `python training/train_default.py`)",
 )
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "src" / "fastv" / "examples"
+EXAMPLES = EXAMPLES_DIR
 QUALITY_BAR = 0.90
 
 

@@ -21,8 +21,9 @@ from fastv.demo.logic import Demo, Settings
 from fastv.generate import answer
 from fastv.loading import build_inputs, load_model, to_model
 from fastv.methods import FastV
+from fastv.zoo.default_model import EXAMPLES_DIR
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "src" / "fastv" / "examples"
+EXAMPLES = EXAMPLES_DIR
 SCENE = EXAMPLES / "scene_0.png"
 PROMPT = "what colour is the circle ?"
 PNG = b"\x89PNG\r\n\x1a\n"

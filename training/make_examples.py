@@ -1,4 +1,4 @@
-"""Write the README's example scenes (`src/fastv/examples/`): PNGs from the test split plus prompts.
+"""Write the README's example scenes (`src/fastv/zoo/examples/`): PNGs from the test split plus prompts.
 
 python training/make_examples.py
 """
@@ -13,8 +13,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from fastv.zoo.datasets import shapes  # noqa: E402
+from fastv.zoo.default_model import EXAMPLES_DIR  # noqa: E402
 
-OUT = ROOT / "src" / "fastv" / "examples"
+OUT = EXAMPLES_DIR
 # (test-split index, question kinds asked about it)
 PICKS = (
     (0, ("color", "describe", "left")),

@@ -18,8 +18,8 @@ import gradio as gr  # noqa: E402
 
 from fastv.core.errors import FastVError  # noqa: E402
 from fastv.demo.logic import Comparison, Demo, Settings  # noqa: E402
+from fastv.zoo.default_model import EXAMPLES_DIR
 
-EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 CSS = """
 #message:empty { display: none; }
 #message .error { color: #b42318; background: #fef3f2; border: 1px solid #fda29b; border-radius: 6px;

@@ -18,6 +18,7 @@ from PIL import Image
 from fastv.core.hf.chat import chat_text
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"  # the README's example scenes and prompts
 WEIGHTS_FILE = "model.safetensors"
 
 
