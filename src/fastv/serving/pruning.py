@@ -25,6 +25,7 @@ from fastv.methods import METHODS, Method, Stage, StageContext, make
 from fastv.selection import select
 
 PRE_LM_METHODS = ("random", "uniform", "pool", "divprune", "visionzip")
+DATA_DEPENDENT = ("divprune", "visionzip")  # the others choose positions without looking at the features
 
 
 def pre_lm_method(settings: Mapping[str, Any]) -> Method:

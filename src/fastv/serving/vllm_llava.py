@@ -21,6 +21,7 @@ from functools import cached_property
 from typing import Any
 
 import torch
+from vllm.model_executor.models.interfaces import SupportsMRoPE
 from vllm.model_executor.models.llava import (
     LlavaDummyInputsBuilder,
     LlavaForConditionalGeneration,
@@ -33,7 +34,7 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from fastv.attention_tap import query_attention
 from fastv.methods.visionzip import KEY as VISIONZIP_KEY
 from fastv.methods.visionzip import VisionZip, zip_image
-from fastv.serving.pruning import ImagePruner, adapter_for, kept_per_image, pre_lm_method
+from fastv.serving.pruning import DATA_DEPENDENT, ImagePruner, adapter_for, kept_per_image, pre_lm_method
 from fastv.serving.vllm import CONFIG_KEY
 
 
@@ -63,8 +64,17 @@ class FastvLlavaMultiModalProcessor(LlavaMultiModalProcessor):
     info=FastvLlavaProcessingInfo,
     dummy_inputs=LlavaDummyInputsBuilder,
 )
-class FastvLlavaForConditionalGeneration(LlavaForConditionalGeneration):
-    """LLaVA-1.5 whose images enter the language model pruned by a fastv pre-LM method."""
+class FastvLlavaForConditionalGeneration(LlavaForConditionalGeneration, SupportsMRoPE):
+    """LLaVA-1.5 whose images enter the language model pruned by a fastv pre-LM method.
+
+    Positions: vLLM numbers a prompt's tokens 0..L-1, so kept image tokens would sit next to each
+    other and the text after the image would move up by the dropped count. fastv keeps original
+    positions (the RoPE angles the model was trained with), and so does this class when the text
+    model's rope config carries a one-section M-RoPE (`mrope_section: [rotary_dim / 2, 0, 0]`, which
+    `fastv.serving.vllm.hf_overrides` adds): vLLM then asks `get_mrope_input_positions` for every
+    token's position, and all three rows carry the original one. Without it vLLM renumbers (and the
+    answers are those of a model fed the shorter sequence; see docs/serving.md).
+    """
 
     hf_to_vllm_mapper = LlavaForConditionalGeneration.hf_to_vllm_mapper | WeightsMapper(
         orig_to_new_prefix={
@@ -117,6 +127,48 @@ class FastvLlavaForConditionalGeneration(LlavaForConditionalGeneration):
             out.append(self._pruner.prune(projected[i], extra)[1])
         self._seen.clear()
         return tuple(out)
+
+    def get_mrope_input_positions(self, input_tokens: list[int], mm_features: list[Any]) -> tuple[torch.Tensor, int]:
+        """Original positions: kept image tokens at their index in the full image, text shifted back."""
+        length = len(input_tokens)
+        shift = torch.zeros(length, dtype=torch.long)  # dropped tokens before each position
+        kept_at: list[tuple[int, torch.Tensor]] = []
+        for feature in sorted(mm_features, key=lambda f: f.mm_position.offset):
+            offset, k = feature.mm_position.offset, feature.mm_position.length
+            kept, n = self._kept_indices(feature)
+            if kept.numel() != k:
+                raise RuntimeError(f"fastv: image at {offset} has {k} placeholders but {kept.numel()} kept tokens")
+            kept_at.append((offset, kept))
+            shift[offset + k :] += n - k
+        positions = torch.arange(length) + shift
+        for offset, kept in kept_at:
+            positions[offset : offset + kept.numel()] = offset + shift[offset] + kept
+        delta = int(shift[-1]) if length else 0
+        return positions.expand(3, -1).clone(), delta
+
+    def _kept_indices(self, feature: Any) -> tuple[torch.Tensor, int]:
+        """(indices kept of the image's n tokens, n) for one image of a request, before its encoder step."""
+        if self._pruner is None:
+            n = self._num_image_tokens()
+            return torch.arange(n), n
+        if self._pruner.method.name not in DATA_DEPENDENT:
+            n = self._num_image_tokens()
+            zeros = torch.zeros(n, self.config.text_config.hidden_size)  # the choice ignores features
+            return self._pruner.prune(zeros)[0].cpu(), n
+        weight = next(self.vision_tower.parameters())
+        pixels = feature.data["pixel_values"].data[None].to(weight.device, weight.dtype)
+        with torch.inference_mode():
+            vision = self._process_image_pixels({"type": "pixel_values", "pixel_values": pixels})
+            n = vision.shape[1]
+            projected = self.multi_modal_projector(vision)
+            extra = self._visionzip_extra(0, vision[0]) if isinstance(self._pruner.method, VisionZip) else None
+            self._seen.clear()
+            return self._pruner.prune(projected[0], extra)[0].cpu(), n
+
+    def _num_image_tokens(self) -> int:
+        vc = self.config.vision_config
+        n = (vc.image_size // vc.patch_size) ** 2
+        return n if self.config.vision_feature_select_strategy == "default" else n + 1
 
     def _visionzip_extra(self, i: int, vision: torch.Tensor) -> dict[str, Any]:
         skip = self._cls_skip
