@@ -27,6 +27,11 @@ def serve(
         False, "--renumber-positions", help="Let vLLM number kept tokens 0..L'-1 (default: original positions)."
     ),
     allow_text_only: bool = typer.Option(False, "--allow-text-only", help="Serve requests without an image."),
+    per_request: bool = typer.Option(
+        False,
+        "--per-request-methods",
+        help="Let requests choose their own method and budget (mm_processor_kwargs; trusted clients only).",
+    ),
     kv_cache_gib: float | None = typer.Option(
         None, help="KV cache size in GiB (default: vLLM's own; 1 GiB on machines without CUDA)."
     ),
@@ -51,6 +56,7 @@ def serve(
         original_positions=not renumber,
         require_image=not allow_text_only,
         kv_cache_gib=kv_cache_gib,
+        per_request=per_request,
         extra_args=list(ctx.args),
     )
     try:

@@ -46,6 +46,7 @@ class ServeSpec:
     original_positions: bool = True
     require_image: bool = True
     kv_cache_gib: float | None = None
+    per_request: bool = False  # requests may choose their own method (vLLM's --trust-request-mm-kwargs)
     extra_args: list[str] = field(default_factory=list)
 
     def model_dir(self) -> Path:
@@ -110,6 +111,8 @@ class ServeSpec:
         template = self.chat_template()
         if template is not None:
             cmd += ["--chat-template", str(template)]
+        if self.per_request:
+            cmd.append("--trust-request-mm-kwargs")
         if self.kv_cache_gib is not None:
             cmd += ["--kv-cache-memory-bytes", str(int(self.kv_cache_gib * 2**30))]
         return cmd + list(self.extra_args)

@@ -1,23 +1,27 @@
-"""vLLM's LLaVA-1.5 with a fastv pre-LM method: each image gets `keep` placeholders and features.
+"""vLLM's LLaVA-1.5 with fastv's pre-LM methods: each image gets `keep` placeholders and features.
 
 Imported by vLLM (lazily, through the registration in `fastv.serving.vllm`), never by fastv itself:
 it subclasses vLLM's own classes and needs vllm installed (extra `fastv-lvlm[vllm]`).
 
-What changes against vLLM's `LlavaForConditionalGeneration`, all through its public extension
-points: the processing info reports `keep` tokens per image, so the prompt gets `keep` image
-placeholders and the KV cache holds only those; `embed_multimodal` computes the full features and
-returns the kept (or merged) rows chosen by fastv's method (`fastv.serving.pruning.ImagePruner`);
-VisionZip's CLS attention is observed on the vision tower's last built layer. Settings come from
-the model config's `fastv` entry (config.json or `--hf-overrides '{"fastv": {...}}'`); without one
-the model runs unpruned. The weight mapper also accepts checkpoints whose CLIP tower has no
-`vision_model.` level (`vision_tower.embeddings.*`, as transformers 5 writes LLaVA), such as
-fastv's default model.
+What changes against vLLM's `LlavaForConditionalGeneration`, all through its public extension points:
+- settings: the model config's `fastv` entry (config.json or `--hf-overrides '{"fastv": {...}}'`) is
+  the server's default; a request may choose its own with `"mm_processor_kwargs": {"fastv": {...}}`
+  (`{"fastv": {"method": "none"}}`: unpruned). The API server's processor validates them (a bad
+  method or budget is an HTTP 400 naming the fix) and hands them to the engine with each image, as
+  a field of the image's processed data, so they travel with vLLM's caches.
+- the processor gives each image the method's kept count of placeholders, so the KV cache holds only
+  those; `embed_multimodal` computes the full features and returns the rows kept (or merged) by
+  fastv's own method code (`fastv.serving.pruning.ImagePruner`);
+- original positions through `get_mrope_input_positions` (see the class docstring);
+- VisionZip's CLS attention is observed on the vision tower's last built layer;
+- the weight mapper also reads checkpoints whose CLIP tower has no `vision_model.` level
+  (`vision_tower.embeddings.*`, as transformers 5 saves LLaVA), such as fastv's default model.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from functools import cached_property
 from typing import Any
 
 import torch
@@ -30,6 +34,8 @@ from vllm.model_executor.models.llava import (
 )
 from vllm.model_executor.models.utils import WeightsMapper
 from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.multimodal.inputs import MultiModalFieldConfig
+from vllm.multimodal.processing import PromptReplacement
 
 from fastv.attention_tap import query_attention
 from fastv.methods.visionzip import KEY as VISIONZIP_KEY
@@ -37,26 +43,74 @@ from fastv.methods.visionzip import VisionZip, zip_image
 from fastv.serving.pruning import DATA_DEPENDENT, ImagePruner, adapter_for, kept_per_image, pre_lm_method
 from fastv.serving.vllm import CONFIG_KEY
 
+FIELD = "fastv_settings"  # per-image processed-data field: the settings as UTF-8 JSON bytes
 
-def fastv_settings(hf_config: Any) -> dict[str, Any] | None:
+
+def server_settings(hf_config: Any) -> dict[str, Any] | None:
     """The model config's fastv settings, e.g. {"method": "divprune", "keep": 48}; None: unpruned."""
     settings = getattr(hf_config, CONFIG_KEY, None)
-    return dict(settings) if settings else None
+    return _normalized(settings)
+
+
+def _normalized(settings: Any) -> dict[str, Any] | None:
+    if settings is None or settings == "none":
+        return None
+    if not isinstance(settings, Mapping):
+        raise ValueError(f'fastv settings must be an object like {{"method": "divprune", "keep": 48}}, not {settings!r}')
+    if settings.get("method") in (None, "none") and set(settings) <= {"method"}:
+        return None
+    pre_lm_method(settings)  # FastVError (a ValueError: HTTP 400 in the API server) names the problem
+    return dict(settings)
+
+
+def _encode(settings: dict[str, Any] | None) -> torch.Tensor:
+    return torch.tensor(list(json.dumps(settings, sort_keys=True).encode()), dtype=torch.uint8)
+
+
+def _decode(blob: torch.Tensor) -> str:
+    return bytes(blob.tolist()).decode()
 
 
 class FastvLlavaProcessingInfo(LlavaProcessingInfo):
-    """Image placeholders: the method's kept count per image (the KV cache holds only those)."""
-
-    def get_num_image_tokens(self, *, image_width: int, image_height: int) -> int:
-        n = super().get_num_image_tokens(image_width=image_width, image_height=image_height)
-        settings = fastv_settings(self.get_hf_config())
-        if settings is None:
-            return n
-        return kept_per_image(pre_lm_method(settings), n)
+    """vLLM's LLaVA processing info; `get_num_image_tokens` stays the full count (the upper bound)."""
 
 
 class FastvLlavaMultiModalProcessor(LlavaMultiModalProcessor):
-    """vLLM's LLaVA processor; the placeholder count comes from `FastvLlavaProcessingInfo`."""
+    """Each image: the kept count of placeholders, and the settings that chose it as a data field."""
+
+    def _settings(self, mm_kwargs: Mapping[str, object]) -> dict[str, Any] | None:
+        if CONFIG_KEY in mm_kwargs:
+            return _normalized(mm_kwargs[CONFIG_KEY])
+        return server_settings(self.info.get_hf_config())
+
+    def _call_hf_processor(self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]) -> Any:
+        settings = self._settings(hf_kwargs)
+        out = super()._call_hf_processor(hf_data, {k: v for k, v in hf_kwargs.items() if k != CONFIG_KEY})
+        if "pixel_values" in out:
+            out[FIELD] = _encode(settings)[None].expand(len(out["pixel_values"]), -1).clone()
+        return out
+
+    def _get_mm_fields_config(self, hf_inputs: Any, hf_processor_mm_kwargs: Mapping[str, object]) -> Mapping:
+        fields = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))
+        fields[FIELD] = MultiModalFieldConfig.batched("image")
+        return fields
+
+    def _get_prompt_updates(self, mm_items: Any, hf_processor_mm_kwargs: Mapping[str, object], out_mm_kwargs: Any):
+        updates = super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
+        settings = self._settings(hf_processor_mm_kwargs)
+        if settings is None:
+            return updates
+        method = pre_lm_method(settings)
+        token = self.info.get_hf_config().image_token_index
+
+        def pruned(update: PromptReplacement) -> PromptReplacement:
+            def replacement(item_idx: int) -> list[int]:
+                full = update.replacement(item_idx) if callable(update.replacement) else update.replacement
+                return [token] * kept_per_image(method, len(full))
+
+            return PromptReplacement(modality=update.modality, target=update.target, replacement=replacement)
+
+        return [pruned(u) if u.modality == "image" else u for u in updates]
 
 
 @MULTIMODAL_REGISTRY.register_processor(
@@ -87,15 +141,46 @@ class FastvLlavaForConditionalGeneration(LlavaForConditionalGeneration, Supports
 
     def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        settings = fastv_settings(self.config)
-        self._pruner = None if settings is None else ImagePruner(pre_lm_method(settings), adapter_for(self))
+        self._default = server_settings(self.config)
+        self._pruners: dict[str, ImagePruner | None] = {}
+        self._adapter = adapter_for(self)
         self._seen: dict[str, torch.Tensor] = {}
-        if self._pruner is not None and isinstance(self._pruner.method, VisionZip):
-            self._observe_cls_attention()
+        self._observe = False
+        self._observe_cls_attention()
 
-    @cached_property
-    def _cls_skip(self) -> int:
-        return 1 if self.config.vision_feature_select_strategy == "default" else 0
+    # ---- settings ---------------------------------------------------------------------------------
+    def _pruner(self, blob: torch.Tensor | None) -> ImagePruner | None:
+        key = json.dumps(self._default, sort_keys=True) if blob is None else _decode(blob)
+        if key not in self._pruners:
+            settings = json.loads(key)
+            self._pruners[key] = None if settings is None else ImagePruner(pre_lm_method(settings), self._adapter)
+        return self._pruners[key]
+
+    # ---- features ---------------------------------------------------------------------------------
+    def embed_multimodal(self, **kwargs: object) -> Any:
+        blobs = kwargs.pop(FIELD, None)
+        image_input = self._parse_and_validate_image_input(**kwargs)
+        if image_input is None:
+            return []
+        if image_input["type"] != "pixel_values":
+            return self._process_image_input(image_input)
+        count = len(image_input["pixel_values"])
+        pruners = [self._pruner(None if blobs is None else blobs[i]) for i in range(count)]
+        self._observe = any(p is not None and isinstance(p.method, VisionZip) for p in pruners)
+        try:
+            vision = self._process_image_pixels(image_input)  # (N, T, Hv) before the projector
+        finally:
+            self._observe = False
+        projected = self.multi_modal_projector(vision)
+        out = []
+        for i, pruner in enumerate(pruners):
+            if pruner is None:
+                out.append(projected[i])
+                continue
+            extra = self._visionzip_extra(pruner, i, vision[i]) if isinstance(pruner.method, VisionZip) else None
+            out.append(pruner.prune(projected[i], extra)[1])
+        self._seen.clear()
+        return tuple(out)
 
     def _observe_cls_attention(self) -> None:
         """VisionZip ranks by the CLS token's attention at the projected layer: record it (and the keys).
@@ -105,6 +190,8 @@ class FastvLlavaForConditionalGeneration(LlavaForConditionalGeneration, Supports
         attn = self.vision_tower.vision_model.encoder.layers[-1].self_attn
 
         def on_attention(module: torch.nn.Module, args: tuple) -> None:
+            if not self._observe:
+                return
             q, k = args[0], args[1]  # (N, T, heads * head_dim) each
             n, t = q.shape[:2]
             heads = attn.num_heads_per_partition
@@ -116,18 +203,20 @@ class FastvLlavaForConditionalGeneration(LlavaForConditionalGeneration, Supports
 
         attn.attn.register_forward_pre_hook(on_attention)
 
-    def _process_image_input(self, image_input: Any) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        if self._pruner is None or image_input["type"] != "pixel_values":
-            return super()._process_image_input(image_input)
-        vision = self._process_image_pixels(image_input)  # (N, T, Hv) before the projector
-        projected = self.multi_modal_projector(vision)
-        out = []
-        for i in range(projected.shape[0]):
-            extra = self._visionzip_extra(i, vision[i]) if isinstance(self._pruner.method, VisionZip) else None
-            out.append(self._pruner.prune(projected[i], extra)[1])
-        self._seen.clear()
-        return tuple(out)
+    def _visionzip_extra(self, pruner: ImagePruner, i: int, vision: torch.Tensor) -> dict[str, Any]:
+        skip = 1 if self.config.vision_feature_select_strategy == "default" else 0
+        dominant, contextual = pruner.method.split(vision.shape[0])
+        zipped = zip_image(
+            self._seen["cls"][i, skip:],
+            self._seen["keys"][i, skip:],
+            vision,
+            dominant,
+            contextual,
+            self.multi_modal_projector,
+        )
+        return {VISIONZIP_KEY: [zipped]}
 
+    # ---- positions --------------------------------------------------------------------------------
     def get_mrope_input_positions(self, input_tokens: list[int], mm_features: list[Any]) -> tuple[torch.Tensor, int]:
         """Original positions: kept image tokens at their index in the full image, text shifted back."""
         length = len(input_tokens)
@@ -147,39 +236,33 @@ class FastvLlavaForConditionalGeneration(LlavaForConditionalGeneration, Supports
         return positions.expand(3, -1).clone(), delta
 
     def _kept_indices(self, feature: Any) -> tuple[torch.Tensor, int]:
-        """(indices kept of the image's n tokens, n) for one image of a request, before its encoder step."""
-        if self._pruner is None:
-            n = self._num_image_tokens()
+        """(indices kept of the image's n tokens, n) for one image of a request, before its encoder step.
+
+        Methods that choose by the features (divprune, visionzip) run the vision tower here too: the
+        positions are needed when the request is scheduled, before its encoder step.
+        """
+        data = feature.data
+        pruner = self._pruner(data[FIELD].data if FIELD in data else None)
+        n = self._num_image_tokens()
+        if pruner is None:
             return torch.arange(n), n
-        if self._pruner.method.name not in DATA_DEPENDENT:
-            n = self._num_image_tokens()
-            zeros = torch.zeros(n, self.config.text_config.hidden_size)  # the choice ignores features
-            return self._pruner.prune(zeros)[0].cpu(), n
+        if pruner.method.name not in DATA_DEPENDENT:
+            zeros = torch.zeros(n, self.config.text_config.hidden_size)  # the choice ignores the features
+            return pruner.prune(zeros)[0].cpu(), n
         weight = next(self.vision_tower.parameters())
-        pixels = feature.data["pixel_values"].data[None].to(weight.device, weight.dtype)
+        pixels = data["pixel_values"].data[None].to(weight.device, weight.dtype)
         with torch.inference_mode():
-            vision = self._process_image_pixels({"type": "pixel_values", "pixel_values": pixels})
-            n = vision.shape[1]
+            self._observe = isinstance(pruner.method, VisionZip)
+            try:
+                vision = self._process_image_pixels({"type": "pixel_values", "pixel_values": pixels})
+            finally:
+                self._observe = False
             projected = self.multi_modal_projector(vision)
-            extra = self._visionzip_extra(0, vision[0]) if isinstance(self._pruner.method, VisionZip) else None
+            extra = self._visionzip_extra(pruner, 0, vision[0]) if isinstance(pruner.method, VisionZip) else None
             self._seen.clear()
-            return self._pruner.prune(projected[0], extra)[0].cpu(), n
+            return pruner.prune(projected[0], extra)[0].cpu(), n
 
     def _num_image_tokens(self) -> int:
         vc = self.config.vision_config
         n = (vc.image_size // vc.patch_size) ** 2
         return n if self.config.vision_feature_select_strategy == "default" else n + 1
-
-    def _visionzip_extra(self, i: int, vision: torch.Tensor) -> dict[str, Any]:
-        skip = self._cls_skip
-        dominant, contextual = self._pruner.method.split(vision.shape[0])
-        zipped = zip_image(
-            self._seen["cls"][i, skip:],
-            self._seen["keys"][i, skip:],
-            vision,
-            dominant,
-            contextual,
-            self.multi_modal_projector,
-        )
-        return {VISIONZIP_KEY: [zipped]}
-

@@ -1,0 +1,119 @@
+"""fastv's pruned LLaVA in a real vLLM server: the same answers as fastv in transformers, clear errors.
+
+The reference is fastv's own engine on the transformers model (`method.apply(model)`, greedy
+`generate` through the processor and chat template): the server must give the same answer to every
+shapes test question, for the full model and for each pre-LM method at 1/3 and 1/9 of the tokens.
+"""
+
+from __future__ import annotations
+
+import base64
+import shlex
+import subprocess
+
+import pytest
+import torch
+
+from fastv import load_default, make
+from fastv.datasets import shapes
+from fastv.default_model import answer
+from fastv.serving.client import data_url
+from fastv.serving.pruning import pre_lm_method
+
+SAMPLES = shapes.eval_samples("test", 2)  # 2 unseen scenes x 7 question kinds
+IMAGES = [s.image() for s in SAMPLES]
+URLS = [data_url(im) for im in IMAGES]
+QUESTIONS = [s.question for s in SAMPLES]
+N_VISUAL = 144
+
+# (request settings, fastv method settings for the transformers reference); None: the full model
+CASES = {
+    "full": ({"method": "none"}, None),
+    "server-default divprune 48": (..., {"method": "divprune", "keep": 48}),
+    "random 48": ({"method": "random", "keep": 48, "seed": 1}, {"method": "random", "keep": 48, "seed": 1}),
+    "uniform 16": ({"method": "uniform", "keep": 16}, {"method": "uniform", "keep": 16}),
+    "pool 48": ({"method": "pool", "keep": 48}, {"method": "pool", "keep": 48}),
+    "pool 16": ({"method": "pool", "keep": 16}, {"method": "pool", "keep": 16}),
+    "divprune 16": ({"method": "divprune", "keep": 16}, {"method": "divprune", "keep": 16}),
+    "visionzip 48": ({"method": "visionzip", "keep": 48}, {"method": "visionzip", "keep": 48}),
+    "visionzip ratio 8/9": ({"method": "visionzip", "ratio": 8 / 9}, {"method": "visionzip", "ratio": 8 / 9}),
+}
+
+
+@pytest.fixture(scope="module")
+def reference():
+    torch.manual_seed(0)
+    model, processor = load_default()
+
+    def run(settings):
+        if settings is None:
+            return answer(model, processor, IMAGES, QUESTIONS)
+        settings = dict(settings)
+        with make(settings.pop("method"), **settings).apply(model):
+            return answer(model, processor, IMAGES, QUESTIONS)
+
+    return run
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_answers_equal_fastv_in_transformers(server, reference, case):
+    request, settings = CASES[case]
+    replies = [server.chat(q, url, fastv=request) for q, url in zip(QUESTIONS, URLS, strict=True)]
+    assert all(r.status == 200 for r in replies), [r.error for r in replies if r.status != 200]
+    got = [r.text for r in replies]
+    want = reference(settings)
+    assert got == want
+    # the prompt holds only the kept visual tokens: the KV cache shrinks with the budget
+    kept = N_VISUAL if settings is None else pre_lm_method(settings).keep_count(N_VISUAL)
+    text_tokens = replies[0].body["usage"]["prompt_tokens"] - kept
+    assert 2 <= text_tokens <= 6
+
+
+def test_the_budget_changes_the_answers(server, reference):
+    """Negative control: at 16 of 144 tokens random pruning answers differently from the full model."""
+    full = reference(None)
+    few = [server.chat(q, u, fastv={"method": "random", "keep": 16}).text for q, u in zip(QUESTIONS, URLS, strict=True)]
+    assert few != full
+
+
+def test_the_printed_curl_example_works(server):
+    log = server.log.read_text()
+    curl = next(line for line in log.splitlines() if line.startswith("try: curl")).removeprefix("try: ")
+    assert f"{server.url}/v1/chat/completions" in curl
+    out = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=120, cwd=_repo_root())
+    assert '"content":' in out.stdout and "blue" in out.stdout  # scene_0: "color a3" -> blue
+    assert shlex.split(curl)[0] == "curl"
+
+
+@pytest.mark.parametrize(
+    ("body_change", "message"),
+    [
+        ("no image", "needs an image"),
+        ("corrupt image", "image"),
+        ("unsupported method", "prunes inside the language model"),
+        ("unknown method", "unknown method"),
+        ("budget too large", "cannot keep 200"),
+    ],
+)
+def test_bad_requests_get_a_clear_http_error_and_the_server_keeps_serving(server, body_change, message):
+    q, url = QUESTIONS[0], URLS[0]
+    if body_change == "no image":
+        reply = server.chat(q, None)
+    elif body_change == "corrupt image":
+        reply = server.chat(q, "data:image/png;base64," + base64.b64encode(b"not a png at all").decode())
+    elif body_change == "unsupported method":
+        reply = server.chat(q, url, fastv={"method": "fastv", "keep": 48})
+    elif body_change == "unknown method":
+        reply = server.chat(q, url, fastv={"method": "sparsevlm", "keep": 48})
+    else:
+        reply = server.chat(q, url, fastv={"method": "pool", "keep": 200})
+    assert 400 <= reply.status < 500, reply.body
+    assert message in reply.error, reply.error
+    good = server.chat(q, url)
+    assert good.status == 200 and good.text == SAMPLES[0].answer
+
+
+def _repo_root():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parent.parent
