@@ -124,7 +124,17 @@ def main() -> None:
     }
     port = free_port()
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"fastv-bench-serving-{port}.log"
-    cmd = [sys.executable, "-m", "fastv", "serve", "--port", str(port), "--per-request-methods", "--", "--enforce-eager"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fastv",
+        "serve",
+        "--port",
+        str(port),
+        "--per-request-methods",
+        "--",
+        "--enforce-eager",
+    ]
     cmd += ["--no-enable-prefix-caching", "--max-num-seqs", str(max(args.clients))]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

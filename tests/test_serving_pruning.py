@@ -13,7 +13,14 @@ import torch
 from tiny_llava import GRID, IMAGE_TOKEN, batch, prompt, tiny_llava
 
 from fastv import FastVError, make
-from fastv.serving.pruning import PRE_LM_METHODS, ImagePruner, adapter_for, kept_per_image, pre_lm_method
+from fastv.serving.pruning import (
+    PRE_LM_METHODS,
+    ImagePruner,
+    adapter_for,
+    check_budget,
+    kept_per_image,
+    pre_lm_method,
+)
 
 N = GRID * GRID
 SETTINGS = {
@@ -107,3 +114,23 @@ def test_refuses_budgets_larger_than_an_image(model):
 def test_ratio_budgets_round_like_the_engine():
     assert kept_per_image(pre_lm_method({"method": "random", "ratio": 2 / 3}), 144) == 48
     assert kept_per_image(pre_lm_method({"method": "divprune", "ratio": 0.75}), 576) == 144
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        ({"method": "pool", "keep": 7}, "rows x cols"),  # 7 has no factor pair within the 4x4 grid
+        ({"method": "uniform", "keep": 5}, "rows x cols"),
+        ({"method": "visionzip", "keep": 4, "contextual": 6}, "contextual"),
+        ({"method": "divprune", "keep": 17}, "cannot keep 17"),
+    ],
+)
+def test_check_budget_refuses_from_the_config_alone(model, settings, problem):
+    """What a server's API process checks before a request reaches the engine (it has no model)."""
+    with pytest.raises(FastVError, match=problem):
+        check_budget(pre_lm_method(settings), model.config, N)
+
+
+def test_check_budget_returns_the_placeholder_count(model):
+    assert check_budget(pre_lm_method({"method": "pool", "keep": 4}), model.config, N) == 4
+    assert check_budget(pre_lm_method({"method": "visionzip", "ratio": 0.5}), model.config, N) == 8

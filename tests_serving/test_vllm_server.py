@@ -40,10 +40,18 @@ CASES = {
 }
 
 
+NEAR_TIE = 1e-4  # DivPrune margins below this can flip between two fp32 implementations of the tower
+
+
 @pytest.fixture(scope="module")
-def reference():
+def loaded():
     torch.manual_seed(0)
-    model, processor = load_default()
+    return load_default()
+
+
+@pytest.fixture(scope="module")
+def reference(loaded):
+    model, processor = loaded
 
     def run(settings):
         if settings is None:
@@ -55,14 +63,66 @@ def reference():
     return run
 
 
+def divprune_margin(features: torch.Tensor, k: int) -> float:
+    """Smallest gap between the best and second-best candidate over DivPrune's greedy picks.
+
+    Transcribed from the paper's rule (max-min cosine distance; first pick: the token whose nearest
+    neighbour is farthest), not from fastv's code: where this gap is ~1e-6, float noise of another
+    implementation of the same tower (vLLM's) can choose the other token, and the answer may change.
+    """
+    x = torch.nn.functional.normalize(features.double(), dim=-1)
+    dist = 1 - x @ x.T
+    n = len(dist)
+    nearest = dist.masked_fill(torch.eye(n, dtype=torch.bool), float("inf")).min(1).values
+    gaps = [float(nearest.topk(2).values.diff().abs())]
+    taken = torch.zeros(n, dtype=torch.bool)
+    first = int(nearest.argmax())
+    taken[first] = True
+    to_set = dist[first].clone()
+    for _ in range(k - 1):
+        best = to_set.masked_fill(taken, float("-inf")).topk(2).values
+        gaps.append(float(best[0] - best[1]))
+        pick = int(to_set.masked_fill(taken, float("-inf")).argmax())
+        taken[pick] = True
+        to_set = torch.minimum(to_set, dist[pick])
+    return min(gaps)
+
+
+def near_tie_images(loaded, k: int) -> set[int]:
+    model, processor = loaded
+    out = set()
+    for i, image in enumerate(IMAGES):
+        pixels = processor.image_processor(image, return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            feats = model.get_image_features(pixel_values=pixels)
+        feats = getattr(feats, "pooler_output", feats)
+        feats = (feats[0] if isinstance(feats, (list, tuple)) else feats).reshape(
+            -1, model.config.text_config.hidden_size
+        )
+        if divprune_margin(feats, k) < NEAR_TIE:
+            out.add(i)
+    return out
+
+
 @pytest.mark.parametrize("case", list(CASES))
-def test_answers_equal_fastv_in_transformers(server, reference, case):
+def test_answers_equal_fastv_in_transformers(server, reference, loaded, case):
     request, settings = CASES[case]
     replies = [server.chat(q, url, fastv=request) for q, url in zip(QUESTIONS, URLS, strict=True)]
     assert all(r.status == 200 for r in replies), [r.error for r in replies if r.status != 200]
     got = [r.text for r in replies]
     want = reference(settings)
-    assert got == want
+    if settings is not None and settings["method"] == "divprune":
+        # a near-tie in DivPrune's greedy choice may go either way; everything else must agree
+        ties = near_tie_images(loaded, settings["keep"])
+        per_image = len(SAMPLES) // len(IMAGES)
+        loose = {i for i in range(len(SAMPLES)) if i // per_image in ties}
+        differ = [i for i in range(len(SAMPLES)) if got[i] != want[i]]
+        shown = [(QUESTIONS[i], want[i], got[i]) for i in differ]
+        print(f"{case}: near-tie images {sorted(ties)}; differing answers (question, transformers, vLLM): {shown}")
+        assert set(differ) <= loose, shown
+        assert len(loose) < len(SAMPLES)  # the tolerance must not swallow the whole comparison
+    else:
+        assert got == want
     # the prompt holds only the kept visual tokens: the KV cache shrinks with the budget
     kept = N_VISUAL if settings is None else pre_lm_method(settings).keep_count(N_VISUAL)
     text_tokens = replies[0].body["usage"]["prompt_tokens"] - kept

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fastv.errors import FastVError
-from fastv.serving.pruning import kept_per_image, pre_lm_method
+from fastv.serving.pruning import check_budget, pre_lm_method
 from fastv.serving.vllm import hf_overrides
 
 HOST = "127.0.0.1"
@@ -78,7 +78,9 @@ class ServeSpec:
         n = (vc["image_size"] // vc["patch_size"]) ** 2
         if config.get("vision_feature_select_strategy", "default") != "default":
             n += 1
-        return kept_per_image(pre_lm_method(self.settings), n)
+        from transformers import LlavaConfig
+
+        return check_budget(pre_lm_method(self.settings), LlavaConfig.from_dict(config), n)
 
     def chat_template(self) -> Path | None:
         """A copy of the model's chat template behind the image guard (None: vLLM uses the model's own)."""

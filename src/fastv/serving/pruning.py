@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from fastv.errors import FastVError, UnsupportedModelError
 from fastv.families import FAMILIES, Adapter
-from fastv.methods import METHODS, Method, Stage, StageContext, make
+from fastv.methods import METHODS, Method, Stage, StageContext, VisionZip, make
 from fastv.selection import select
 
 PRE_LM_METHODS = ("random", "uniform", "pool", "divprune", "visionzip")
@@ -70,6 +71,20 @@ def kept_per_image(method: Method, n: int) -> int:
     return k
 
 
+def check_budget(method: Method, config: Any, n: int) -> int:
+    """Refuse up front what the method would refuse on an n-token image of a model with this config.
+
+    Servers call it where a request arrives (vLLM's API server), so that a bad budget is an HTTP error
+    there instead of a failure inside the engine. Returns the tokens kept per image.
+    """
+    k = kept_per_image(method, n)
+    if isinstance(method, VisionZip):
+        method.split(n)  # its stages look at the vision tower, which an API server does not have
+    else:
+        method.stages(adapter_for(SimpleNamespace(config=config)))  # grid methods check rows x cols here
+    return k
+
+
 @dataclass
 class ImagePruner:
     """One pre-LM method bound to one model: `prune(features)` -> (kept indices, kept features)."""
@@ -96,7 +111,9 @@ class ImagePruner:
         visual = torch.ones(1, n, dtype=torch.bool, device=features.device)
         rows = torch.arange(n, device=features.device)[None]
         generator = torch.Generator().manual_seed(self.method.seed)  # the engine seeds stage 0 the same way
-        ctx = StageContext(ids, visual, visual.clone(), features[None], rows, generator, self.adapter, extra=extra or {})
+        ctx = StageContext(
+            ids, visual, visual.clone(), features[None], rows, generator, self.adapter, extra=extra or {}
+        )
         scores = self.stage.score(ctx)
         keep = self.stage.keep
         if isinstance(scores, tuple):

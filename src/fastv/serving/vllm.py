@@ -10,7 +10,6 @@ through `--hf-overrides` (`hf_overrides` below builds that).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 

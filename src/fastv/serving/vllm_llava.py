@@ -38,9 +38,17 @@ from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.processing import PromptReplacement
 
 from fastv.attention_tap import query_attention
+from fastv.errors import FastVError
 from fastv.methods.visionzip import KEY as VISIONZIP_KEY
 from fastv.methods.visionzip import VisionZip, zip_image
-from fastv.serving.pruning import DATA_DEPENDENT, ImagePruner, adapter_for, kept_per_image, pre_lm_method
+from fastv.serving.pruning import (
+    DATA_DEPENDENT,
+    ImagePruner,
+    adapter_for,
+    check_budget,
+    kept_per_image,
+    pre_lm_method,
+)
 from fastv.serving.vllm import CONFIG_KEY
 
 FIELD = "fastv_settings"  # per-image processed-data field: the settings as UTF-8 JSON bytes
@@ -48,19 +56,28 @@ FIELD = "fastv_settings"  # per-image processed-data field: the settings as UTF-
 
 def server_settings(hf_config: Any) -> dict[str, Any] | None:
     """The model config's fastv settings, e.g. {"method": "divprune", "keep": 48}; None: unpruned."""
-    settings = getattr(hf_config, CONFIG_KEY, None)
-    return _normalized(settings)
+    return _normalized(getattr(hf_config, CONFIG_KEY, None), hf_config)
 
 
-def _normalized(settings: Any) -> dict[str, Any] | None:
+def _normalized(settings: Any, hf_config: Any) -> dict[str, Any] | None:
+    """Checked settings (None: unpruned). A FastVError is a ValueError: HTTP 400 in vLLM's API server."""
     if settings is None or settings == "none":
         return None
     if not isinstance(settings, Mapping):
-        raise ValueError(f'fastv settings must be an object like {{"method": "divprune", "keep": 48}}, not {settings!r}')
+        raise FastVError(
+            f'fastv settings must be an object like {{"method": "divprune", "keep": 48}}, not {settings!r}'
+        )
     if settings.get("method") in (None, "none") and set(settings) <= {"method"}:
         return None
-    pre_lm_method(settings)  # FastVError (a ValueError: HTTP 400 in the API server) names the problem
+    check_budget(pre_lm_method(settings), hf_config, _num_image_tokens(hf_config))
     return dict(settings)
+
+
+def _num_image_tokens(hf_config: Any) -> int:
+    """Visual tokens of one image in the full model (LLaVA-1.5: a square grid, plus CLS with 'full')."""
+    vc = hf_config.vision_config
+    n = (vc.image_size // vc.patch_size) ** 2
+    return n if hf_config.vision_feature_select_strategy == "default" else n + 1
 
 
 def _encode(settings: dict[str, Any] | None) -> torch.Tensor:
@@ -80,7 +97,7 @@ class FastvLlavaMultiModalProcessor(LlavaMultiModalProcessor):
 
     def _settings(self, mm_kwargs: Mapping[str, object]) -> dict[str, Any] | None:
         if CONFIG_KEY in mm_kwargs:
-            return _normalized(mm_kwargs[CONFIG_KEY])
+            return _normalized(mm_kwargs[CONFIG_KEY], self.info.get_hf_config())
         return server_settings(self.info.get_hf_config())
 
     def _call_hf_processor(self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]) -> Any:
@@ -243,7 +260,7 @@ class FastvLlavaForConditionalGeneration(LlavaForConditionalGeneration, Supports
         """
         data = feature.data
         pruner = self._pruner(data[FIELD].data if FIELD in data else None)
-        n = self._num_image_tokens()
+        n = _num_image_tokens(self.config)
         if pruner is None:
             return torch.arange(n), n
         if pruner.method.name not in DATA_DEPENDENT:
@@ -261,8 +278,3 @@ class FastvLlavaForConditionalGeneration(LlavaForConditionalGeneration, Supports
             extra = self._visionzip_extra(pruner, 0, vision[0]) if isinstance(pruner.method, VisionZip) else None
             self._seen.clear()
             return pruner.prune(projected[0], extra)[0].cpu(), n
-
-    def _num_image_tokens(self) -> int:
-        vc = self.config.vision_config
-        n = (vc.image_size // vc.patch_size) ** 2
-        return n if self.config.vision_feature_select_strategy == "default" else n + 1
