@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shlex
 import sys
 
 import typer
@@ -71,7 +72,7 @@ def serve(
     console.print(f"serving {model} ({what}) at {spec.url}", markup=False, highlight=False)
     console.print("try:", spec.curl_example(), markup=False, highlight=False, soft_wrap=True)
     if dry_run:
-        print(" ".join(cmd))
+        print(shlex.join(cmd))
         return
     sys.stdout.flush()
     os.execv(cmd[0], cmd)
