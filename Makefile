@@ -16,4 +16,4 @@ test:  ## install what the tests need (CPU torch, dev extras, Chromium for the b
 SERVING_VENV ?= .venv-serving
 test-serving:  ## build the vLLM (CPU) venv (tests_serving/setup_venv.sh), then the real-server tests and their unit tests
 	bash tests_serving/setup_venv.sh $(SERVING_VENV)
-	$(SERVING_VENV)/bin/python -m pytest -q tests_serving tests/test_serving_pruning.py
+	$(SERVING_VENV)/bin/python -m pytest tests_serving tests/test_serving_pruning.py

@@ -1,6 +1,6 @@
 """Serving throughput and latency of fastv's pruned default model in a real vLLM server (loopback only).
 
-    python benchmarks/bench_serving.py [--method pool] [--requests 48] [--cell-seconds 60]   # serving venv
+    python benchmarks/bench_serving.py [--method pool] [--requests 144] [--rounds 3] [--cell-seconds 90]   # serving venv
 
 One server (`fastv serve`, started here on 127.0.0.1 like the tests do, prefix caching off so that a
 repeated image is not served from the cache); three settings chosen per request: the full model (144
@@ -96,6 +96,7 @@ def run_cell(server: Server, pid: int, requests: list[tuple[str, str]], fastv: d
     return {
         "requests": done,
         "errors": errors,
+        "latencies_ms": [round(1000 * x, 2) for x in latencies],
         "wall_s": round(wall, 3),
         "requests_per_s": round(done / wall, 3) if done else 0.0,
         "latency_ms": {
@@ -111,9 +112,10 @@ def run_cell(server: Server, pid: int, requests: list[tuple[str, str]], fastv: d
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--method", default="pool", help="pre-LM method for the pruned settings")
-    ap.add_argument("--requests", type=int, default=48, help="requests per (setting, concurrency) cell")
+    ap.add_argument("--requests", type=int, default=144, help="requests per (setting, concurrency) cell")
+    ap.add_argument("--rounds", type=int, default=3, help="each cell's requests run in this many interleaved rounds")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
-    ap.add_argument("--cell-seconds", type=float, default=60.0, help="stop a cell after this long")
+    ap.add_argument("--cell-seconds", type=float, default=90.0, help="stop a cell after this long")
     ap.add_argument("--start-timeout", type=float, default=900.0)
     args = ap.parse_args()
 
@@ -142,7 +144,7 @@ def main() -> None:
     cells: list[dict] = []
     try:
         server.wait_ready(proc, args.start_timeout)
-        warm = shapes.eval_samples("val", 1)
+        warm = shapes.eval_samples("validation", 1)
         for fastv in settings.values():  # warm-up: every path once
             server.chat(warm[0].question, data_url(warm[0].image()), fastv=fastv)
         start = 0
@@ -150,12 +152,14 @@ def main() -> None:
             samples = shapes.eval_samples("test", args.requests // 7 + 1, start=start)[: args.requests]
             start += args.requests // 7 + 1  # new scenes for each concurrency level
             requests = [(s.question, data_url(s.image())) for s in samples]
-            half = len(requests) // 2
-            for part in (requests[:half], requests[half:]):  # interleave settings: two rounds each
+            size = -(-len(requests) // args.rounds)
+            for r in range(args.rounds):  # interleave the settings round by round
+                part = requests[r * size : (r + 1) * size]
                 for name, fastv in settings.items():
-                    cell = run_cell(server, proc.pid, part, fastv, clients, args.cell_seconds / 2)
-                    cells.append({"setting": name, "clients": clients, **cell})
-                    print(name, clients, cell, flush=True)
+                    cell = run_cell(server, proc.pid, part, fastv, clients, args.cell_seconds / args.rounds)
+                    cells.append({"setting": name, "clients": clients, "round": r, **cell})
+                    shown = {k: v for k, v in cell.items() if k != "latencies_ms"}
+                    print(name, clients, r, shown, flush=True)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -169,7 +173,7 @@ def main() -> None:
 
 
 def summarize(cells: list[dict], settings: dict, args: argparse.Namespace) -> dict:
-    """Merge each (setting, clients) pair's two rounds; ratios to the full model at the same concurrency."""
+    """Merge each (setting, clients) pair's rounds; ratios to the full model at the same concurrency."""
     rows = []
     for clients in args.clients:
         base = None
@@ -177,6 +181,7 @@ def summarize(cells: list[dict], settings: dict, args: argparse.Namespace) -> di
             parts = [c for c in cells if c["setting"] == name and c["clients"] == clients]
             done = sum(p["requests"] for p in parts)
             wall = sum(p["wall_s"] for p in parts)
+            lat = [x for p in parts for x in p["latencies_ms"]]
             row = {
                 "setting": name,
                 "clients": clients,
@@ -184,11 +189,11 @@ def summarize(cells: list[dict], settings: dict, args: argparse.Namespace) -> di
                 "errors": sum(p["errors"] for p in parts),
                 "wall_s": round(wall, 2),
                 "requests_per_s": round(done / wall, 2) if wall else 0.0,
-                "p50_ms": statistics.median(p["latency_ms"]["p50"] for p in parts if p["latency_ms"]),
-                "p90_ms": max(p["latency_ms"]["p90"] for p in parts if p["latency_ms"]),
-                "p99_ms": max(p["latency_ms"]["p99"] for p in parts if p["latency_ms"]),
+                "p50_ms": round(percentile(lat, 0.5), 1),
+                "p90_ms": round(percentile(lat, 0.9), 1),
+                "p99_ms": round(percentile(lat, 0.99), 1),
                 "server_cpu_s_per_request": round(
-                    statistics.mean(p["server_cpu_s_per_request"] for p in parts if p["requests"]), 4
+                    sum(p["server_cpu_s_per_request"] * p["requests"] for p in parts if p["requests"]) / done, 4
                 ),
                 "prompt_tokens": statistics.median(p["prompt_tokens"] for p in parts if p["prompt_tokens"]),
             }
@@ -202,7 +207,8 @@ def summarize(cells: list[dict], settings: dict, args: argparse.Namespace) -> di
         "method": args.method,
         "requests_per_cell": args.requests,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]},
-        "note": "p90/p99 are the worse of the two rounds; server CPU = all server processes, from /proc",
+        "note": "percentiles over all rounds' requests; requests/s = requests / summed round wall time; "
+        "server CPU = all server processes, from /proc; the clients run on the same 2 CPUs",
         "rows": rows,
         "cells": cells,
     }
