@@ -65,3 +65,13 @@ def test_refuses_methods_and_budgets_a_server_cannot_run():
         out = _invoke(*args, "--dry-run")
         assert out.exit_code == 2, (args, out.output)
         assert message in out.output.replace("\n", " "), out.output
+
+
+def test_without_vllm_it_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    out = _invoke("--method", "pool", "--keep", "16")
+    assert out.exit_code == 2, out.output
+    assert "pip install 'fastv-lvlm[vllm]'" in out.output

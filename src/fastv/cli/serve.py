@@ -8,6 +8,7 @@ import shlex
 import sys
 
 import typer
+from rich.markup import escape
 
 from fastv.cli import app, make_console
 from fastv.errors import FastVError
@@ -66,7 +67,7 @@ def serve(
             raise FastVError("vLLM is not installed: pip install 'fastv-lvlm[vllm]' (CPU-only: see docs/serving.md)")
         cmd = spec.command()
     except FastVError as err:
-        console.print(f"[red]error:[/red] {err}")
+        console.print(f"[red]error:[/red] {escape(str(err))}")  # messages hold [brackets]
         raise typer.Exit(2) from err
     what = "unpruned" if settings is None else f"{settings['method']}, {kept} visual tokens kept per image"
     console.print(f"serving {model} ({what}) at {spec.url}", markup=False, highlight=False)
