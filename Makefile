@@ -2,8 +2,9 @@
 # It builds one virtual environment per transformers release it tests (under .venvs/):
 #   newest: whatever pip picks inside pyproject's range -> the whole suite
 #   oldest: the range's lower bound (fastv/core/hf/compat.py OLDEST_TESTED) -> engine, families, methods, default model
+#   serving: vLLM (CPU) with fastv's plug-in -> the real-server tests (tests_serving/setup_venv.sh builds it)
 # `make test-transformers V=5.25.0` reruns the whole suite on any release (how the range moves forward).
-.PHONY: test install system-deps test-newest test-oldest test-transformers
+.PHONY: test install system-deps test-newest test-oldest test-serving test-transformers
 
 PYTHON ?= python3
 VENVS := .venvs
@@ -30,7 +31,7 @@ define venv
 	@$(VENVS)/$(1)/bin/python -c "import transformers; print('$(1): transformers', transformers.__version__)"
 endef
 
-test: system-deps test-newest test-oldest  ## the whole suite on the newest release, the core on the oldest
+test: system-deps test-newest test-oldest test-serving  ## the whole suite on the newest release, the core on the oldest, vLLM serving
 
 test-newest: system-deps
 	$(call venv,newest,)
@@ -45,3 +46,8 @@ test-transformers: system-deps  ## make test-transformers V=5.25.0
 	@[ -n "$(V)" ] || { echo "usage: make test-transformers V=<transformers version>"; exit 2; }
 	$(call venv,tf-$(V),"transformers==$(V)")
 	$(VENVS)/tf-$(V)/bin/python -m pytest
+
+SERVING_VENV ?= $(VENVS)/serving
+test-serving:  ## build the vLLM (CPU) venv (tests_serving/setup_venv.sh), then the real-server tests and their unit tests
+	bash tests_serving/setup_venv.sh $(SERVING_VENV)
+	$(SERVING_VENV)/bin/python -m pytest tests_serving tests/test_serving_pruning.py

@@ -11,7 +11,7 @@ be rerun on any later main, and rerunning it on its own output changes nothing. 
    imports of what it uses from its sibling parts, and its share of ``__all__``; a split that turns a
    module into a package writes a package ``__init__`` that re-exports the public names;
 3. rewrites ``from fastv.x import ...``, ``import fastv.x``, ``from fastv import x`` and every dotted
-   ``fastv.x`` / path ``src/fastv/x.py`` in src/, tests/, training/, benchmarks/, tools/, docs/,
+   ``fastv.x`` / path ``src/fastv/x.py`` in src/, tests/, tests_serving/, training/, benchmarks/, tools/, docs/,
    README.md, pyproject.toml and the Makefile;
 4. reports the top-level modules of ``src/fastv`` the tables do not place, so they can be added.
 
@@ -154,7 +154,7 @@ NEW_DOCS: dict[str, str] = {
 PYPROJECT_PACKAGE_DATA = ('fastv = ["models/default/*", "examples/*"]',
                           'fastv = ["zoo/models/default/*", "zoo/examples/*"]')  # fmt: skip
 
-TEXT_ROOTS = ["src", "tests", "training", "benchmarks", "tools", "docs"]
+TEXT_ROOTS = ["src", "tests", "tests_serving", "training", "benchmarks", "tools", "docs"]
 TEXT_FILES = ["README.md", "pyproject.toml", "Makefile", ".ci/run"]
 TEXT_SUFFIXES = {".py", ".md", ".toml", ".sh", ".txt", ".cfg", ".ini", ".yaml", ".yml", ""}
 SRC = Path("src")
@@ -621,7 +621,7 @@ def main() -> int:
     if not args.dry_run:
         touched = changed + [f for f in SRC.rglob("*.py") if f not in changed and _new_since_head(f)]
         tidy(touched)
-        git("add", "-A", "src", "tests", "training", "benchmarks", "docs", "tools")
+        git("add", "-A", "src", "tests", "tests_serving", "training", "benchmarks", "docs", "tools")
         for f in TEXT_FILES:
             if Path(f).is_file():
                 git("add", f)

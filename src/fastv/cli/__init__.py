@@ -99,7 +99,7 @@ def make_console() -> Console:
 
 def _register() -> None:
     # One import per verb module; each module adds its command(s) to `app`.
-    from fastv.cli import analyze, bench, demo, flops, generate, methods  # noqa: F401
+    from fastv.cli import analyze, bench, demo, flops, generate, methods, serve  # noqa: F401
     from fastv.cli import eval as _eval  # noqa: F401
 
 
