@@ -538,18 +538,29 @@ def _path_fix():
     return inner
 
 
+def _ignored(paths: list[Path]) -> set[Path]:
+    """Paths git ignores (build outputs such as *.egg-info): generated, never rewritten."""
+    if not paths:
+        return set()
+    out = subprocess.run(
+        ["git", "check-ignore", "--stdin"], input="\n".join(map(str, paths)), capture_output=True, text=True
+    )
+    return {Path(line) for line in out.stdout.splitlines()}
+
+
 def text_files() -> list[Path]:
     files = [Path(f) for f in TEXT_FILES if Path(f).is_file()]
-    for root in TEXT_ROOTS:
-        for f in Path(root).rglob("*"):
-            if f.is_file() and f.suffix in TEXT_SUFFIXES and "__pycache__" not in f.parts and f != Path(__file__):
-                if f.name == "relayout.py":
-                    continue
-                try:
-                    f.read_text()
-                except UnicodeDecodeError:
-                    continue
-                files.append(f)
+    candidates = [f for root in TEXT_ROOTS for f in Path(root).rglob("*") if f.is_file()]
+    ignored = _ignored(candidates)
+    for f in candidates:
+        if f not in ignored and f.suffix in TEXT_SUFFIXES and "__pycache__" not in f.parts and f != Path(__file__):
+            if f.name == "relayout.py":
+                continue
+            try:
+                f.read_text()
+            except UnicodeDecodeError:
+                continue
+            files.append(f)
     return files
 
 
