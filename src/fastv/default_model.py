@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from fastv.loading import chat_text
+from fastv.run import generate
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
 WEIGHTS_FILE = "model.safetensors"
@@ -40,7 +41,6 @@ def load_default(dtype: torch.dtype = torch.float32, path: str | Path = DEFAULT_
     return model, processor
 
 
-@torch.inference_mode()
 def answer(
     model, processor, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 4
 ) -> list[str]:
@@ -48,9 +48,7 @@ def answer(
     prompts = [chat_text(processor, q, n_images=1, video=False) for q in questions]
     inputs = processor(images=list(images), text=prompts, return_tensors="pt", padding=True)
     inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    new = out[:, inputs["input_ids"].shape[1] :]
-    return [t.strip() for t in processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
+    return generate(model, processor, inputs, None, max_new_tokens=max_new_tokens).texts
 
 
 def exact_match(model, processor, samples, batch_size: int = 64, progress: bool = False) -> dict:
