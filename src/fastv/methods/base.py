@@ -50,9 +50,10 @@ class StageContext:
 @dataclass
 class Stage:
     layer: int  # pruning happens as this decoder layer starts (0: before the language model)
-    keep: Callable[[int], int]  # visual tokens alive -> visual tokens kept
-    # (B, L) over original positions, higher is kept; or (scores, kept count per sample) for
-    # methods whose budget is not a function of the sample's visual-token count (per image)
+    # Visual tokens alive -> visual tokens kept (per sample); None when `score` returns the counts.
+    keep: Callable[[int], int] | None
+    # (B, L) over original positions, higher is kept; or, with keep=None, (scores, kept count per
+    # sample) for methods whose budget is not a function of the sample's visual-token count (per image)
     score: Callable[[StageContext], torch.Tensor | tuple[torch.Tensor, list[int]]]
     attention_rows: Rows | None = None  # query rows whose attention the score needs
     merge: Callable[[StageContext, Selection], torch.Tensor] | None = None  # new hidden rows (B, L', H)
@@ -115,6 +116,21 @@ class Method:
 
     def stages(self, adapter: Adapter) -> list[Stage]:
         raise NotImplementedError
+
+    def visual_tokens_per_layer(self, num_layers: int, n: int) -> list[int]:
+        """Visual tokens of one n-token image that each decoder layer computes, without running the model
+        (`fastv.methods.accounting`; with `fastv.flops.prefill_flops` it predicts the prefill FLOPs).
+
+        This default is one cut: at layer `k` for methods that have one, else before the language model.
+        Methods with several cuts, or counts of their own (recycled tokens), override it.
+        """
+        if self.mode == "mask":
+            return [n] * num_layers  # masked tokens are still computed
+        keep = self.keep_count(n)
+        if not 0 <= keep <= n:
+            raise FastVError(f"{self.name}: cannot keep {keep} of {n} visual tokens")
+        k = int(getattr(self, "k", 0) or 0)
+        return [n] * k + [keep] * (num_layers - k)
 
     def build(self, adapter: Adapter) -> list[Stage]:
         """The stages the engine runs: `stages()`, each giving its kept tokens this method's positions."""
