@@ -148,3 +148,12 @@ def prefill_flops(model: torch.nn.Module, stats: PruneStats | None, prompt_len: 
     if stats is not None and stats.layer_seq_lens and "pruned" in stats.flops:
         return int(stats.flops["pruned"])
     return int(flops.prefill_flops(model.config, layer_seq_lens(model, stats, prompt_len)))
+
+
+def describe(method: Method | None) -> str:
+    """A short label for titles and JSON: 'fastv k=2 r=0.5', 'pool keep=64', 'visionzip+fastv k=2 keep=48'."""
+    if method is None:
+        return "full model"
+    k = getattr(method, "k", None)
+    budget = f"keep={method.keep}" if method.keep is not None else f"r={method.ratio:g}"
+    return " ".join([method.name, *([f"k={k}"] if k is not None else []), budget])
