@@ -224,12 +224,10 @@ def test_load_model_and_build_inputs(saved):
 def _invoke(args):
     from typer.testing import CliRunner
 
-    import fastv.cli.analyze  # noqa: F401  (registers the command)
-    from fastv.cli import app
+    from fastv.cli import _register, app
 
-    if len(app.registered_commands) > 1:
-        args = ["analyze", *args]
-    return CliRunner().invoke(app, args)
+    _register()
+    return CliRunner().invoke(app, ["analyze", *args])
 
 
 def test_cli_one_prompt(saved, tmp_path):

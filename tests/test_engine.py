@@ -19,7 +19,7 @@ from transformers import (
 
 import fastv
 from fastv import FastV, FastVError, compat
-from fastv.engine import _take
+from fastv.positions import take_columns as _take
 
 NEW = 8
 
@@ -64,7 +64,7 @@ def test_negative_control_renumbered_positions(monkeypatch):
             return t[..., : index.shape[1], :].expand_as(out)
         return out
 
-    monkeypatch.setattr("fastv.engine._take", renumbered)
+    monkeypatch.setattr("fastv.positions.take_columns", renumbered)
     bad, *_ = _run(model, FastV(k=2, ratio=0.5), inputs)
     assert (bad - ref).abs().max() > 1e-4
 

@@ -15,8 +15,7 @@ import torch
 from tiny_families import BUILDERS
 
 import fastv
-import fastv.engine as engine
-from fastv import FastV, FastVError, compat
+from fastv import FastV, FastVError, compat, positions
 
 K = 2
 RATIO = 0.5
@@ -120,7 +119,7 @@ def test_renumbered_positions_break_the_match(family: str, monkeypatch: pytest.M
     """Give kept tokens contiguous positions (the last L' of the prompt): the logits must move."""
     model, inputs = build(family, "sdpa")
     ref, _ = last_logits(model, inputs, "mask")
-    take = engine._take
+    take = positions.take_columns
 
     def renumbered(t: torch.Tensor, index: torch.Tensor, seq_dim: int) -> torch.Tensor:
         if seq_dim == 1:  # the engine gathers hidden states with seq_dim=1: keep the real kept rows
@@ -129,7 +128,7 @@ def test_renumbered_positions_break_the_match(family: str, monkeypatch: pytest.M
         tail = torch.arange(length - index.shape[1], length).expand_as(index)
         return take(t, tail, seq_dim)  # position embeddings / ids of a contiguous run
 
-    monkeypatch.setattr(engine, "_take", renumbered)
+    monkeypatch.setattr(positions, "take_columns", renumbered)
     got, _ = last_logits(model, inputs, "drop")
     assert (got - ref).abs().max() > ATOL
 

@@ -68,15 +68,20 @@ def install(model: torch.nn.Module, config_key: str, modules: list[torch.nn.Modu
     """Switch one sub-model (text or vision) to the tapping implementation and tap `modules`; returns undo.
 
     Only that sub-config changes, so e.g. the vision tower keeps its own attention implementation.
+    When the sub-model already runs a tapping implementation (the engine's tap, or another method's),
+    only the callbacks are added.
     """
-    original = compat.attention_implementation(getattr(model.config, config_key))
-    compat.set_attention(model, config_key, tapped_name(original))
+    current = compat.attention_implementation(getattr(model.config, config_key))
     removers = [add_tap(m, fn) for m in modules]
+    switched = not current.startswith(PREFIX)
+    if switched:
+        compat.set_attention(model, config_key, tapped_name(current))
 
     def undo() -> None:
         for remove in removers:
             remove()
-        compat.set_attention(model, config_key, original)
+        if switched:
+            compat.set_attention(model, config_key, current)
 
     return undo
 

@@ -325,7 +325,7 @@ class PruneHandle:
                 new_hidden = stage.merge(ctx, sel)
             else:
                 rel = torch.searchsorted(rows.contiguous(), sel.index.contiguous())
-                new_hidden = _take(hidden, rel, 1)
+                new_hidden = positions.take_columns(hidden, rel, 1)
             args, kwargs = compat.replace_hidden_states(args, kwargs, new_hidden)
         if n == len(self.stages) - 1:
             self._record_stats(scores)
@@ -428,9 +428,13 @@ class PruneHandle:
         index = sel.index
         pe = kwargs.get(compat.POSITION_EMBEDDINGS)
         if pe is not None:
-            kwargs[compat.POSITION_EMBEDDINGS] = self._memoized(n, pe, lambda p: tuple(_take(t, index, -2) for t in p))
+            kwargs[compat.POSITION_EMBEDDINGS] = self._memoized(
+                n, pe, lambda p: tuple(positions.take_columns(t, index, -2) for t in p)
+            )
         if kwargs.get(compat.POSITION_IDS) is not None:
-            kwargs[compat.POSITION_IDS] = self._memoized(n, kwargs[compat.POSITION_IDS], lambda p: _take(p, index, -1))
+            kwargs[compat.POSITION_IDS] = self._memoized(
+                n, kwargs[compat.POSITION_IDS], lambda p: positions.take_columns(p, index, -1)
+            )
         kwargs[compat.ATTENTION_MASK] = self._memoized(
             n, kwargs.get(compat.ATTENTION_MASK), lambda m: _prefill_mask(m, sel)
         )
@@ -504,17 +508,3 @@ def _decode_mask(mask, done: list[Selection], n: int, prompt_len: int, full_tota
 
 def _dtype(mask: torch.Tensor | None) -> torch.dtype:
     return torch.bool if mask is None else mask.dtype
-
-
-def _take(t: torch.Tensor, index: torch.Tensor, seq_dim: int) -> torch.Tensor:
-    """Gather positions `index` (B, L') along `seq_dim`; the batch dim sits just before it (may be 1)."""
-    seq_dim %= t.ndim
-    bdim = seq_dim - 1
-    b, n = index.shape
-    shape = list(t.shape)
-    shape[bdim] = b
-    t = t.expand(shape)
-    view = [1] * t.ndim
-    view[bdim], view[seq_dim] = b, n
-    shape[seq_dim] = n
-    return t.gather(seq_dim, index.view(view).expand(shape))

@@ -14,33 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import torch
-
 from fastv import attention_tap
 from fastv.errors import FastVError
 
 if TYPE_CHECKING:
     from fastv.engine import PruneHandle
-
-
-def tap(
-    model: torch.nn.Module, config_key: str, modules: list[torch.nn.Module], fn: attention_tap.TapFn
-) -> Callable[[], None]:
-    """Tap attention modules of the sub-model configured by `config_key`; returns the undo callable.
-
-    Unlike `attention_tap.install`, it may be called when that sub-model already runs the tapping
-    implementation (the engine's tap, or another method's): then it only adds its callbacks.
-    """
-    current = getattr(model.config, config_key)._attn_implementation or "sdpa"
-    if current.startswith(attention_tap.PREFIX):
-        removers = [attention_tap.add_tap(m, fn) for m in modules]
-
-        def undo() -> None:
-            for remove in removers:
-                remove()
-
-        return undo
-    return attention_tap.install(model, config_key, modules, fn)
 
 
 def record_keys(handle: PruneHandle, layer: int, name: str) -> Callable[[], None]:
@@ -58,7 +36,7 @@ def record_keys(handle: PruneHandle, layer: int, name: str) -> Callable[[], None
         if query.shape[-2] == key.shape[-2]:
             handle.extra[name] = key.detach()
 
-    undo = tap(handle.model, handle.adapter.text_config_key, [attn], on_attention)
+    undo = attention_tap.install(handle.model, handle.adapter.text_config_key, [attn], on_attention)
 
     def remove() -> None:
         undo()

@@ -22,11 +22,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from fastv import compat
+from fastv import attention_tap, compat
 from fastv.attention_tap import query_attention
 from fastv.errors import FastVError, UnsupportedModelError
 from fastv.families import Adapter
-from fastv.layer_taps import tap
 
 if TYPE_CHECKING:
     from fastv.engine import PruneHandle
@@ -74,7 +73,7 @@ def record_cls_attention(handle: PruneHandle, name: str, method: str, index: int
         probs = query_attention(module, query, key, mask, kwargs, rows=0).mean(1)[:, 0]  # (N, T+1)
         handle.extra[name] = probs[:, skip:]
 
-    undo = tap(handle.model, "vision_config", [attn], on_attention)
+    undo = attention_tap.install(handle.model, "vision_config", [attn], on_attention)
 
     def remove() -> None:
         undo()

@@ -37,10 +37,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from fastv import attention_tap
 from fastv.attention_tap import query_attention
 from fastv.errors import FastVError
 from fastv.families import Adapter
-from fastv.layer_taps import tap
 from fastv.methods.base import Method, Stage, StageContext
 from fastv.methods.grid import ImageRun, fixed_sizes
 from fastv.methods.per_image import Choice, PerImageStage
@@ -117,7 +117,11 @@ class FlowCut(Method):
             return torch.cat([cls_row, keep + 1], dim=1)
 
         cut = EncoderCut(handle, KEY, self.name, decide)
-        undo = [tap(handle.model, "vision_config", [layer.self_attn for layer in layers[:index]], on_attention)]
+        undo = [
+            attention_tap.install(
+                handle.model, "vision_config", [layer.self_attn for layer in layers[:index]], on_attention
+            )
+        ]
         undo += [layer.self_attn.v_proj.register_forward_hook(on_values).remove for layer in layers[:index]]
         return undo + cut.install()
 

@@ -41,11 +41,12 @@ import torch
 
 from fastv import attention_tap
 from fastv.attention_tap import query_attention
-from fastv.errors import FastVError, UnsupportedModelError
+from fastv.errors import FastVError
 from fastv.families import Adapter
 from fastv.methods.base import Method, Stage, StageContext
 from fastv.methods.grid import ImageRun
 from fastv.methods.per_image import Choice, PerImageStage
+from fastv.vision_taps import feature_layer
 
 if TYPE_CHECKING:
     from fastv.engine import PruneHandle
@@ -150,12 +151,14 @@ class VisionZip(Method):
         return k - c, c
 
     def stages(self, adapter: Adapter) -> list[Stage]:
-        _vision_layer(adapter)
+        feature_layer(adapter, self.name)
         return [PerImageStage(self.name, self.choose).stage(0, merging=True)]
 
     def prepare(self, handle: PruneHandle) -> list[Callable[[], None]]:
         model = handle.model
-        attn, layer, skip = _vision_layer(handle.adapter)
+        layers, index, cropped = feature_layer(handle.adapter, self.name)
+        layer, attn = layers[index], layers[index].self_attn
+        skip = 1 - cropped  # 1 if the projector gets [CLS] too
         seen: dict[str, torch.Tensor] = {}
 
         def on_attention(module, query, key, mask, kwargs) -> None:
@@ -220,23 +223,3 @@ class VisionZip(Method):
 
 def _inner(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "model", model)
-
-
-def _vision_layer(adapter: Adapter) -> tuple[torch.nn.Module, torch.nn.Module, int]:
-    """The vision attention and layer whose output LLaVA projects, and 1 if the projector gets [CLS] too."""
-    config = adapter.model.config
-    if config.model_type != "llava":
-        raise UnsupportedModelError(
-            f"visionzip supports LLaVA-1.5 (model_type 'llava'), not {adapter.family.name}: it needs the CLS "
-            "attention of a CLIP-like tower at the projected feature layer"
-        )
-    layer = config.vision_feature_layer
-    if not isinstance(layer, int):
-        raise UnsupportedModelError(f"visionzip needs one vision_feature_layer, not {layer!r}")
-    tower = _inner(adapter.model).vision_tower
-    layers = getattr(tower, "vision_model", tower).encoder.layers
-    f = layer if layer >= 0 else len(layers) + 1 + layer  # hidden_states[f] is the output of layer f-1
-    if not 1 <= f <= len(layers):
-        raise UnsupportedModelError(f"vision_feature_layer={layer} selects no attention layer's output")
-    skip = 0 if getattr(config, "vision_feature_select_strategy", "default") == "default" else 1
-    return layers[f - 1].self_attn, layers[f - 1], skip
