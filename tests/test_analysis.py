@@ -81,6 +81,24 @@ def test_kept_tokens_match_the_engine(llava, padded):
         assert len(r.kept) == r.counts["visual"] // 4
 
 
+@pytest.mark.parametrize(
+    "name,settings",
+    [("pool", {"keep": 4}), ("divprune", {"keep": 6}), ("visionzip+fastv", {"keep": 3}), ("fastv", {"k": 1})],
+)
+def test_kept_tokens_of_any_method_match_the_engine(llava, padded, name, settings):
+    """analyze(method=...) outlines exactly what that method keeps when it prunes."""
+    from fastv import make
+
+    method = make(name, **settings)
+    results = analyze_batch(llava, padded, method=method)
+    with make(name, **settings).apply(llava) as handle:
+        llava(**padded)
+    pads = (padded["attention_mask"] == 0).sum(1)
+    for b, r in enumerate(results):
+        assert r.kept == (handle.stats.kept_positions[b] - pads[b]).tolist()
+        assert r.method.startswith(name) and r.k == getattr(method, "k", None)
+
+
 def test_llava15_grid_is_24x24_per_image():
     """LLaVA-1.5's 336 px / patch 14 tower: 576 tokens per image on a 24x24 grid, in sequence order."""
     model = tiny_llava()
@@ -149,7 +167,8 @@ def test_json_and_aggregate(llava, padded):
     assert abs(sum(v for v in data["layers"][2]["share"].values() if v) - 1) < 1e-5
     assert data["layers"][0]["efficiency"]["output"] is None  # empty group: no NaN in JSON
     assert np.array(data["layers"][0]["visual_attention"][0]).shape == (GRID, GRID)
-    assert len(data["fastv"]["kept_positions"]) == 2 * N // 2
+    assert len(data["kept"]["kept_positions"]) == 2 * N // 2
+    assert data["kept"]["method"] == "fastv k=2 r=0.5"
     mean = aggregate([r.light() for r in results])
     torch.testing.assert_close(mean.share, (results[0].share + results[1].share) / 2)
     assert mean.to_json()["n_samples"] == 2
@@ -223,6 +242,22 @@ def test_cli_one_prompt(saved, tmp_path):
     assert len(data["layers"]) == 4 and data["output_len"] == 2
     for name in ("allocation.png", "heatmap.png", "matrix_layer2.png"):
         _check_png(out / name)
+
+
+def test_cli_outlines_any_method(saved, tmp_path):
+    """--method pool --keep 4: the JSON and the heat map's outline are pool's 4 kept tokens."""
+    out = tmp_path / "pool"
+    res = _invoke([
+        "--model", str(saved / "model"), "--image", str(saved / "images" / "a.png"), "--prompt", "what is it ?",
+        "--method", "pool", "--keep", "4", "--out", str(out),
+    ])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "pool keep=4 keeps 4 visual tokens" in res.output.replace("\n", " ")
+    data = json.loads((out / "analysis.json").read_text())
+    assert data["kept"]["method"] == "pool keep=4" and len(data["kept"]["kept_positions"]) == 4
+    _check_png(out / "heatmap.png")
+    bad = _invoke(["--model", str(saved / "model"), "--image", str(saved / "images" / "a.png"), "--method", "nope"])
+    assert bad.exit_code == 2 and "unknown method 'nope'" in bad.output
 
 
 def test_cli_folder_aggregates(saved, tmp_path):

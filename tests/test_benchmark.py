@@ -123,3 +123,44 @@ def test_benchmark_calls_follow_the_interleaved_plan(monkeypatch):
     assert len(result.full["prefill_all_s"]) == 6 and len(result.setting(2, 0.5).prefill_all_s) == 2
     for s in result.settings:
         assert s.time_share > 0 and s.time_share_cpu > 0
+
+
+def test_any_methods_at_any_budgets(tmp_path):
+    """methods x keeps: the same measurement for every method; a budget the model cannot hold is skipped."""
+    cfg = B.BenchConfig(
+        model="tiny", methods=("fastv", "pool", "divprune+fastv", "pdrop"), keeps=(144, 64),
+        repeats=1, warmup=0, new_tokens=2, dtype="float32",
+    )  # fmt: skip
+    result = B.run_and_save(cfg, tmp_path, "methods", show_progress=False, model=_tiny())
+    labels = [s.label for s in result.settings]
+    assert labels == ["fastv k=2 keep=144", "fastv k=2 keep=64", "pool keep=144", "pool keep=64",
+                      "divprune+fastv k=2 keep=144", "divprune+fastv k=2 keep=64"]  # fmt: skip
+    assert set(result.skipped) == {"pdrop keep=144", "pdrop keep=64"}  # 3 layers: no default pyramid
+    assert "4 layers" in result.skipped["pdrop keep=64"]
+    for s in result.settings:
+        assert s.kept == s.keep and s.kv_bytes == s.kv_bytes_predicted and s.speedup_predicted > 1
+    pool = result.by_label("pool keep=64")
+    assert pool.layer_seq_lens == [40 + 64] * 3  # cut before the language model
+    assert result.by_label("fastv k=2 keep=64").layer_seq_lens == [616, 616, 104]
+    assert result.by_label("pool keep=64").kv_saving > result.by_label("fastv k=2 keep=64").kv_saving
+    table = (tmp_path / "methods.md").read_text()
+    assert "| pool | keep=64 | 64 |" in table and "pdrop keep=64 skipped" in table
+    assert (tmp_path / "methods.png").stat().st_size > 1000
+    assert B.load_json(tmp_path / "methods.json").by_label("pool keep=64") == pool
+
+
+def test_cli_bench_methods_are_checked_before_building(monkeypatch, tmp_path):
+    from fastv.cli import _register, app
+
+    _register()
+    ran = []
+    monkeypatch.setattr(B, "run_and_save", lambda cfg, out, stem, **kw: ran.append((cfg, stem)))
+    res = CliRunner().invoke(app, ["bench", "--method", "fastv,nope", "--keep", "64", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "unknown method 'nope'" in res.output and not ran
+    res = CliRunner().invoke(app, ["bench", "--keep", "64", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "--keep is a budget for --method" in res.output
+    res = CliRunner().invoke(app, ["bench", "--method", "fastv,pdrop", "--keep", "192,64", "--out", str(tmp_path)])
+    ((cfg, stem),) = ran
+    assert cfg.settings() == [("fastv", "keep", 192), ("fastv", "keep", 64), ("pdrop", "keep", 192),
+                              ("pdrop", "keep", 64)]  # fmt: skip
+    assert stem == "image-methods" and cfg.vision_layers == 2

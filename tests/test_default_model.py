@@ -7,15 +7,9 @@ import json
 import pytest
 import torch
 
+from fastv.eval.default_model import answer, exact_match
 from fastv.zoo.datasets import shapes
-from fastv.zoo.default_model import (
-    DEFAULT_MODEL_DIR,
-    EXAMPLES_DIR,
-    answer,
-    exact_match,
-    has_default_weights,
-    load_default,
-)
+from fastv.zoo.default_model import DEFAULT_MODEL_DIR, EXAMPLES_DIR, has_default_weights, load_default
 
 pytestmark = pytest.mark.skipif(
     not has_default_weights(),

@@ -17,6 +17,7 @@ from PIL import Image
 from tiny_processor import save_tiny_llava
 
 from fastv.analysis import overlay
+from fastv.core.errors import FastVError
 from fastv.demo.logic import Demo, Settings
 from fastv.generate import answer
 from fastv.loading import build_inputs, load_model, to_model
@@ -121,8 +122,10 @@ def test_sliders_rerun_only_fastv(demo):
     [
         (None, PROMPT, Settings(), "upload an image"),
         (Path(__file__), PROMPT, Settings(), "could not read"),
-        (SCENE, PROMPT, Settings(k=9), "beyond the model's depth"),
-        (SCENE, PROMPT, Settings(k=0), "K=0"),
+        (SCENE, PROMPT, Settings(k=9), "k=9 is out of range"),  # the method's own check against the model
+        (SCENE, PROMPT, Settings(k=0), "k=0 leaves no layer"),
+        (SCENE, PROMPT, Settings(method="nope"), "unknown method 'nope'"),
+        (SCENE, PROMPT, Settings(method="pool", keep=5), "pool"),  # 5 is no sub-grid of 4x4
         (SCENE, "  ", Settings(), "type a prompt"),
         (SCENE, PROMPT, Settings(ratio=1.5), "ratio"),
     ],
@@ -131,6 +134,31 @@ def test_bad_input_gives_a_message(demo, image, prompt, settings, words):
     result, message = demo.safe_compare(image, prompt, settings)
     assert result is None and words in message and "Traceback" not in message
     assert demo.safe_compare(SCENE, PROMPT, Settings())[0] is not None  # still serving
+
+
+@pytest.mark.parametrize(("method", "keep"), [("pool", 4), ("pdrop", 8), ("visionzip+fastv", 4), ("divprune", None)])
+def test_any_method_against_the_cached_full_model(demo, method, keep):
+    """The method choice: its answer and kept tokens are the library's; the full model's answer stays cached."""
+    from fastv import make
+
+    demo.compare(SCENE, "count red", Settings())  # the full model runs once for this prompt
+    before = dict(demo.calls)
+    settings = Settings(method=method, keep=keep, ratio=0.5)
+    c = demo.compare(SCENE, "count red", settings)
+    assert c.full_cached and demo.calls["full"] == before["full"] and demo.calls["fastv"] == before["fastv"] + 1
+    inputs = to_model(build_inputs(demo.processor, [SCENE], "count red"), demo.model)
+    budget = {"keep": keep} if keep is not None else {"ratio": 0.5}
+    expected = answer(demo.model, demo.processor, inputs, make(method, **budget), 4)
+    assert c.fastv_answer == expected.text and c.kept == sum(expected.stats.num_kept)
+    assert c.method.startswith(method) and f"| {c.method} |" in c.flops_markdown()
+    assert c.flops.llm_fastv == expected.stats.flops["pruned"] < c.flops.llm_full
+
+
+def test_settings_parse_method_and_keep():
+    assert Settings.parse(2, 0.5, "last_token", "pool", 64.0) == Settings(2, 0.5, "last_token", "pool", 64)
+    assert Settings.parse(2, 0.5, "last_token", "fastv", "").keep is None
+    with pytest.raises(FastVError, match="keep=2.5"):
+        Settings.parse(2, 0.5, "last_token", "pool", 2.5)
 
 
 def test_video_is_read_as_frames_and_refused_by_an_image_model(demo, tmp_path):
@@ -170,11 +198,11 @@ def server(demo):
     page.close()
 
 
-def _submit(client, image, prompt=PROMPT, k=2, ratio=0.5, scorer="last_token"):
+def _submit(client, image, prompt=PROMPT, k=2, ratio=0.5, scorer="last_token", method="fastv", keep=None):
     from gradio_client import handle_file
 
     image = handle_file(str(image)) if image is not None else None
-    return client.predict(image, None, prompt, k, ratio, scorer, api_name="/compare")
+    return client.predict(image, None, prompt, k, ratio, scorer, method, keep, api_name="/compare")
 
 
 def test_client_submit_returns_answers_kept_and_png(server):
@@ -200,8 +228,9 @@ def test_client_bad_input_shows_a_message_and_keeps_serving(server, tmp_path):
     junk.write_bytes(b"this is text, not a PNG")
     assert "could not read" in _submit(client, junk)[0]
     assert "upload an image" in _submit(client, None)[0]
-    assert "beyond the model's depth" in _submit(client, SCENE, k=99)[0]
+    assert "k=99 is out of range" in _submit(client, SCENE, k=99)[0]
     assert _submit(client, SCENE)[3].startswith("8 / 16")
+    assert _submit(client, SCENE, method="pool", keep=4)[3].startswith("4 / 16")  # the method dropdown + budget
 
 
 def test_two_tabs_at_once_both_get_answers(server):

@@ -78,18 +78,62 @@ def entry_point(tmp_path, monkeypatch):
 def test_entry_point_and_legacy_plugin_register_the_model(entry_point):
     from lmms_eval.models.registry_v2 import ModelRegistryV2
 
-    from fastv.eval.lmms.models.fastv_llava import FastVLlava
+    from fastv.eval.lmms.models.fastv import FastVModel
 
     registry = ModelRegistryV2()
     registry.load_entrypoint_manifests()
-    assert registry.get_model_class("fastv_llava") is FastVLlava
-    assert registry.get_model_class("fastv") is FastVLlava  # alias
-    # LMMS_EVAL_PLUGINS=fastv.eval.lmms (older lmms-eval): <plugin>.models.AVAILABLE_MODELS
+    assert registry.get_model_class("fastv") is FastVModel
+    assert registry.get_model_class("fastv_llava") is FastVModel  # the former id, kept as an alias
+    # LMMS_EVAL_PLUGINS=fastv.eval.lmms (older lmms-eval): <plugin>.models.<name>.AVAILABLE_MODELS[name]
+    import importlib
+
     from fastv.eval.lmms import models
 
-    assert (
-        getattr(sys.modules["fastv.eval.lmms.models.fastv_llava"], models.AVAILABLE_MODELS["fastv_llava"]) is FastVLlava
-    )
+    for name, cls in models.AVAILABLE_MODELS.items():
+        assert getattr(importlib.import_module(f"fastv.eval.lmms.models.{name}"), cls) is FastVModel
+
+
+@pytest.mark.parametrize(
+    "args,kept",
+    [
+        ({"method": "pool", "keep": 4}, 4),  # pre-LM, no k: the model arg k is ignored
+        ({"method": "visionzip+fastv", "keep": 4}, 4),  # a composition
+        ({"method": "pdrop", "keep": "12", "k": 2}, None),  # lmms-eval may pass numbers as strings
+        ({"fastv": "false"}, None),  # the full model
+    ],
+)
+def test_method_model_arg_runs_that_method(tiny_folder, args, kept):
+    """method= picks any fastv method; each request runs it and records what it kept and its FLOPs."""
+    from types import SimpleNamespace
+
+    from fastv.eval.lmms.models.fastv import FastVModel
+
+    lm = FastVModel(pretrained=str(tiny_folder), device="cpu", **args)
+    assert (lm.pruner is None) == (args.get("fastv") == "false")
+    if lm.pruner is not None:
+        assert lm.pruner.name == args["method"]
+    image = Image.new("RGB", (28, 28), COLOURS["red"])
+    lm.task_dict = {"t": {"test": [{"id": 0}]}}
+    request = SimpleNamespace(args=("what colour", {"max_new_tokens": 2}, lambda doc: [image], 0, "t", "test"))
+    (answer,) = lm.generate_until([request])
+    assert isinstance(answer, str)
+    note = lm.stats[-1]
+    if kept is not None:
+        assert note["visual_kept"] == kept and note["visual_total"] == 16
+    if lm.pruner is None:
+        assert note["visual_kept"] is None
+    full = FastVModel(pretrained=str(tiny_folder), device="cpu", fastv="false")
+    full.task_dict = lm.task_dict
+    full.generate_until([request])
+    assert (note["prefill_flops"] < full.stats[-1]["prefill_flops"]) == (lm.pruner is not None)
+
+
+def test_bad_method_model_arg_is_refused(tiny_folder):
+    from fastv.core.errors import FastVError
+    from fastv.eval.lmms.models.fastv import FastVModel
+
+    with pytest.raises(FastVError, match="unknown method 'fastvv'"):
+        FastVModel(pretrained=str(tiny_folder), device="cpu", method="fastvv")
 
 
 def _task(folder: Path) -> Path:
@@ -120,10 +164,16 @@ def test_local_task_through_lmms_eval(tiny_folder, entry_point, tmp_path, monkey
     MODEL_REGISTRY_V2.load_entrypoint_manifests(overwrite=True)
     tasks = TaskManager(include_path=str(_task(tmp_path / "task")), include_defaults=False)
     outputs = {}
-    runs = {"full": "fastv=false", "r0": "k=2,ratio=0.0", "drop": "k=2,ratio=0.75", "mask": "k=2,ratio=0.75,mode=mask"}
+    runs = {
+        "full": "fastv=false",
+        "r0": "k=2,ratio=0.0",
+        "drop": "k=2,ratio=0.75",
+        "mask": "k=2,ratio=0.75,mode=mask",
+        "pool": "method=pool,keep=4",
+    }
     for name, args in runs.items():
         out = evaluator.simple_evaluate(
-            model="fastv_llava",
+            model="fastv" if name == "pool" else "fastv_llava",  # the id and its alias
             model_args=f"pretrained={tiny_folder},device=cpu,{args}",
             tasks=["fastv_tiny_colours"],
             task_manager=tasks,

@@ -77,6 +77,48 @@ def test_two_cuts_at_one_layer_refused():
         Same().apply(tiny_llava())
 
 
+def test_a_stage_without_keep_must_return_its_counts():
+    """keep=None means "the score gives the kept count per sample" (per-image stages); a bare tensor is refused."""
+
+    @dataclass(kw_only=True)
+    class NoBudget(Method):
+        name = "no_budget"
+
+        def stages(self, adapter):
+            return [Stage(1, None, last_token_attention, "last")]
+
+    model = tiny_llava()
+    with NoBudget().apply(model), pytest.raises(FastVError, match="no_budget: a stage without `keep`"):
+        model(**_inputs())
+
+
+@dataclass(kw_only=True)
+class OneCut(Method):
+    """A method written outside fastv: one cut at its layer k, no accounting code of its own."""
+
+    k: int = 2
+    name = "one_cut"
+
+    def stages(self, adapter):
+        return [Stage(self.k, self.keep_count, last_token_attention, "last")]
+
+
+@pytest.mark.parametrize("method", [OneCut(k=2, keep=3), OneCut(k=1, ratio=0.75, mode="mask")])
+def test_a_new_method_accounts_for_its_layers(method):
+    """Method.visual_tokens_per_layer (what fastv.methods.accounting asks) matches the engine's lengths."""
+    from fastv.methods.accounting import visual_tokens_per_layer
+
+    model = tiny_llava()
+    one = batch([prompt(5, 7, images=1, seed=1)])
+    n = int((one["input_ids"] == IMAGE_TOKEN).sum())
+    with method.apply(model) as handle:
+        model(**one)
+    text = one["input_ids"].shape[1] - n
+    predicted = visual_tokens_per_layer(method, len(handle.stats.layer_seq_lens), n)
+    assert handle.stats.layer_seq_lens == [text + v for v in predicted]
+    assert predicted[: method.k] == [n] * method.k
+
+
 @pytest.mark.parametrize("family", sorted(BUILDERS))
 def test_two_stage_drop_equals_mask_every_family(family):
     """Two cuts on every family, incl. Gemma3, whose sliding-window decode mask is sized by a cut layer."""

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from fastv import load_default, make
+from fastv.eval.default_model import answer
 from fastv.serving.client import data_url
 from fastv.serving.pruning import pre_lm_method
 from fastv.zoo.datasets import shapes
-from fastv.zoo.default_model import answer
 
 SAMPLES = shapes.eval_samples("test", 2)  # 2 unseen scenes x 7 question kinds
 IMAGES = [s.image() for s in SAMPLES]

@@ -22,8 +22,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from fastv.eval.default_model import exact_match  # noqa: E402
 from fastv.zoo.datasets import shapes  # noqa: E402
-from fastv.zoo.default_model import DEFAULT_MODEL_DIR, exact_match, load_default  # noqa: E402
+from fastv.zoo.default_model import DEFAULT_MODEL_DIR, load_default  # noqa: E402
 
 REPORT = ROOT / "training" / "default_model_report.json"
 

@@ -37,8 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from model_setup import NUM_IMAGE_TOKENS, build_model, build_processor  # noqa: E402
 
+from fastv.eval.default_model import exact_match  # noqa: E402
 from fastv.zoo.datasets import shapes  # noqa: E402
-from fastv.zoo.default_model import DEFAULT_MODEL_DIR, exact_match  # noqa: E402
+from fastv.zoo.default_model import DEFAULT_MODEL_DIR  # noqa: E402
 
 COLOR_IDS = {c: i + 1 for i, c in enumerate(shapes.COLORS)}
 SHAPE_IDS = {s: i + 1 for i, s in enumerate(shapes.SHAPES)}

@@ -6,7 +6,8 @@ attention efficiency (share / number of tokens in the group). We read attention 
 pruning engine scores it (`attention_tap.query_attention` on the model's own post-RoPE query and
 key), so SDPA/flash models need no `output_attentions` and no eager attention, and only the query
 rows we need are ever computed. The visual tokens' attention is also laid out on the image grid
-(per image, per video frame) with the tokens FastV would keep at (K, R).
+(per image, per video frame) with the tokens a method keeps (FastV at (K, R) by default, any method
+of `fastv.methods`): one prefill under that method reports them (`PruneStats.kept_positions`).
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from fastv import run
 from fastv.analysis.overlay import unnormalize
 from fastv.core.errors import FastVError
 from fastv.core.hf.attention_tap import install, query_attention
 from fastv.core.hf.families import Adapter, resolve
-from fastv.core.selection import select
-from fastv.methods import FastV
+from fastv.methods import FastV, Method
 
 GROUPS = ("system", "visual", "interleaved", "instruction", "output")
 """system: text before the first visual token; visual: image/video tokens; interleaved: text between
@@ -204,13 +205,14 @@ class Analysis:
     share: torch.Tensor  # (n_layers, n_groups)
     attention: torch.Tensor  # (n_layers, L) query rows' head-averaged attention to each position
     panels: list[Panel]
-    k: int
-    ratio: float
-    kept: list[int]  # visual positions FastV keeps at (k, ratio)
+    k: int | None  # the method's layer, where it has one
+    ratio: float | None  # the method's share dropped, when its budget is a ratio
+    kept: list[int]  # visual positions the method keeps (all cuts done)
     matrix_layer: int | None = None
     matrix: torch.Tensor | None = None  # (L, L) head-averaged attention of `matrix_layer`
     images: dict[tuple[str, int], list[np.ndarray]] = field(default_factory=dict)  # (kind, index) -> frames
     notes: list[str] = field(default_factory=list)
+    method: str = "fastv k=2 r=0.5"  # which method's kept tokens `kept` holds (`fastv.run.describe`)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -256,7 +258,8 @@ class Analysis:
                 for i, layer in enumerate(self.layers)
             ],
             "visual_layout": [p.to_json() for p in self.panels],
-            "fastv": {
+            "kept": {
+                "method": self.method,
                 "k": self.k,
                 "ratio": self.ratio,
                 "kept_positions": self.kept,
@@ -374,6 +377,7 @@ def analyze_batch(
     matrix_layer: int | None = None,
     images: Sequence[Sequence[Any]] | None = None,
     processor: Any = None,
+    method: Method | None = None,
 ) -> list[Analysis]:
     """Analyze every sample of a (left-padded) batch; see `analyze`."""
     if query not in QUERIES:
@@ -382,24 +386,20 @@ def analyze_batch(
     n = adapter.num_layers
     layer_list = layer_indices(layers, n)
     matrix_layer = None if matrix_layer is None else layer_indices([matrix_layer], n)[0]
-    pruner = FastV(k=k, ratio=ratio)  # validates k and ratio the same way pruning does
-    if not 1 <= k < n:
-        raise FastVError(f"k={k}: the {adapter.family.name} language model has {n} layers; choose 1 <= k < {n}")
+    method = FastV(k=k, ratio=ratio) if method is None else method  # validates its settings now
     inputs = dict(inputs)
+    stats = run.prefill(model, inputs, method).stats  # the method's own checks and selection, as it prunes
     full, width = _with_output(model, inputs, max_new_tokens)
     ids, mask = full["input_ids"], full.get("attention_mask")
     labels = token_groups(ids, adapter.visual_token_ids, mask, width)
     rows = _query_rows(labels, query)
     union = torch.unique(torch.cat(rows))
     where = {int(p): j for j, p in enumerate(union.tolist())}
-    records = _record(model, adapter, full, set(layer_list), union, width - 1, k - 1, matrix_layer)
+    records = _record(model, adapter, full, set(layer_list), union, matrix_layer)
 
-    visual = torch.isin(ids[:, :width], torch.tensor(adapter.visual_token_ids, device=ids.device))
-    visual[:, -1] = False  # as the engine: the last prompt token is never dropped
-    scores = records["score"][:, :width]
-    kept = select(scores.to(visual.device), visual, pruner.keep_count).kept_visual
+    kept = stats.kept_positions if stats is not None else [torch.zeros(0, dtype=torch.long)] * ids.shape[0]
     layouts = visual_layout(model, ids[:, :width], inputs)
-    pictures = _pictures(model, inputs, layouts, images, processor)
+    pictures = panel_pictures(model, inputs, layouts, images, processor)
 
     out = []
     for b in range(ids.shape[0]):
@@ -431,13 +431,14 @@ def analyze_batch(
                 share=share,
                 attention=attn,
                 panels=panels,
-                k=k,
-                ratio=ratio,
+                k=getattr(method, "k", None),
+                ratio=method.ratio,
                 kept=local[kept[b].cpu()].tolist(),
                 matrix_layer=matrix_layer,
                 matrix=matrix,
                 images=pictures[b],
                 notes=notes,
+                method=run.describe(method),
             )
         )
     return out
@@ -451,8 +452,9 @@ def analyze(model: Any, inputs: dict[str, Any], **kwargs: Any) -> Analysis:
         `max_new_tokens` > 0), or the average over all "instruction" or "output" tokens.
     max_new_tokens: greedy-generate this many tokens first, then attribute attention over
         prompt + output in one forward pass.
-    k, ratio: FastV's setting, for the tokens it would keep (scored at layer k-1 by the last
-        prompt token, exactly as the engine does).
+    k, ratio: FastV's setting, for the tokens it keeps (scored at layer k-1 by the last prompt token).
+    method: any method instead (`fastv.make(...)`); its kept tokens come from one prefill under it,
+        so they are exactly what it keeps when it prunes (k and ratio are then not used).
     matrix_layer: also keep that layer's full L x L head-averaged attention matrix.
     images: per sample, the PIL images/frames to draw under heat maps when the pixel tensor
         cannot be shown directly (Qwen-VL); processor: to undo pixel normalisation exactly.
@@ -468,12 +470,10 @@ def _record(
     inputs: dict[str, Any],
     layers: set[int],
     rows: torch.Tensor,
-    score_row: int,
-    score_layer: int,
     matrix_layer: int | None,
 ) -> dict[Any, torch.Tensor]:
     """One forward pass; taps return, per wanted layer, head-averaged attention of `rows` (B, R, L)."""
-    wanted = layers | {score_layer} | ({matrix_layer} if matrix_layer is not None else set())
+    wanted = layers | ({matrix_layer} if matrix_layer is not None else set())
     modules = {}
     for i in sorted(wanted):
         attn = getattr(adapter.layers[i], "self_attn", None)
@@ -486,8 +486,6 @@ def _record(
         i = modules[id(module)][0]
         if i in layers:
             records[i] = query_attention(module, query, key, mask, kwargs, rows.to(query.device)).mean(1).cpu()
-        if i == score_layer:
-            records["score"] = query_attention(module, query, key, mask, kwargs, score_row).mean(1)[:, 0].cpu()
         if i == matrix_layer:
             records["matrix"] = query_attention(module, query, key, mask, kwargs, slice(None)).mean(1).cpu()
 
@@ -497,17 +495,15 @@ def _record(
             model(**inputs, use_cache=False, logits_to_keep=1)
     finally:
         undo()
-    missing = [i for i in sorted(layers) if i not in records]
-    missing += [
-        name for name in ("score", "matrix") if name not in records and (name == "score" or matrix_layer is not None)
-    ]
+    missing: list[Any] = [i for i in sorted(layers) if i not in records]
+    missing += ["matrix"] if matrix_layer is not None and "matrix" not in records else []
     if missing:
         raise FastVError(f"attention was not observed for {missing}: does this model run its layers' self_attn?")
     return records
 
 
 # ---- pictures under the heat maps -------------------------------------------------------------
-def _pictures(
+def panel_pictures(
     model: Any,
     inputs: dict[str, Any],
     layouts: list[list[Panel]],
@@ -542,6 +538,22 @@ def _pictures(
 def _norm(processor: Any) -> tuple[Any, Any]:
     ip = getattr(processor, "image_processor", None)
     return getattr(ip, "image_mean", None), getattr(ip, "image_std", None)
+
+
+def panel_picture(
+    pictures: dict[tuple[str, int], list[np.ndarray]], panels: Sequence[Panel], p: Panel
+) -> np.ndarray | None:
+    """The picture under one panel's token grid (of `panel_pictures`' result for its sample), or None.
+
+    A video's panels (Qwen: one per temporal patch) share its frames evenly."""
+    frames = pictures.get((p.kind, p.index))
+    if not frames:
+        return None
+    if p.frame is None:
+        return frames[0]
+    count = sum(1 for q in panels if q.kind == p.kind and q.index == p.index)
+    per = max(1, len(frames) // max(1, count))  # Qwen: 2 frames per temporal patch
+    return frames[min(p.frame * per, len(frames) - 1)]
 
 
 # ---- aggregation ------------------------------------------------------------------------------
@@ -605,20 +617,3 @@ def aggregate(results: Sequence[Analysis], names: Sequence[str] | None = None) -
         counts=counts,
         names=list(names or []),
     )
-
-
-def mean_allocation(
-    model: Any,
-    samples: Iterable[tuple[str, dict[str, Any]]],
-    total: int | None = None,
-    progress: bool = True,
-    **kwargs: Any,
-) -> Aggregate:
-    """Analyze `(name, inputs)` pairs one at a time (progress bar) and return the mean allocation."""
-    from tqdm.auto import tqdm
-
-    results, names = [], []
-    for name, inputs in tqdm(samples, total=total, disable=not progress, desc="fastv analyze", unit="prompt"):
-        results.append(analyze(model, inputs, **kwargs).light())
-        names.append(name)
-    return aggregate(results, names)

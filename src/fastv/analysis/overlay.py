@@ -33,12 +33,6 @@ def kept_grid(positions: Sequence[int], shape: tuple[int, int], kept_positions: 
     return np.array([int(p) in kept for p in positions], dtype=bool).reshape(rows, cols)
 
 
-def visual_positions(input_ids: torch.Tensor, token_id: int) -> list[int]:
-    """Positions of `token_id` in one input_ids row (1-D, or a batch of one)."""
-    row = input_ids[0] if input_ids.ndim == 2 else input_ids
-    return (row == token_id).nonzero().squeeze(1).tolist()
-
-
 def unnormalize(pixels: torch.Tensor, mean: Sequence[float] | None, std: Sequence[float] | None) -> Image.Image:
     """A (3, H, W) normalized pixel tensor back to the RGB picture the vision tower saw."""
     x = pixels.detach().float().cpu().numpy().transpose(1, 2, 0)

@@ -18,7 +18,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
-from fastv.analysis.attention import GROUPS, Aggregate, Analysis, Panel
+from fastv.analysis.attention import GROUPS, Aggregate, Analysis, Panel, panel_picture
 from fastv.core.errors import FastVError
 
 COLORS = {
@@ -98,20 +98,6 @@ def _panel_name(p: Panel) -> str:
     return name
 
 
-def _picture(result: Analysis, p: Panel) -> np.ndarray | None:
-    frames = result.images.get((p.kind, p.index))
-    if not frames:
-        return None
-    if p.frame is None:
-        return frames[0]
-    per = max(1, len(frames) // max(1, _frames_of(result, p)))  # Qwen: 2 frames per temporal patch
-    return frames[min(p.frame * per, len(frames) - 1)]
-
-
-def _frames_of(result: Analysis, p: Panel) -> int:
-    return sum(1 for q in result.panels if q.kind == p.kind and q.index == p.index)
-
-
 def plot_heatmaps(result: Analysis, path: str | Path, layers: list[int] | None = None) -> Path:
     """Attention to visual tokens per layer (columns) and image/frame (rows), kept tokens outlined.
 
@@ -152,8 +138,8 @@ def plot_heatmaps(result: Analysis, path: str | Path, layers: list[int] | None =
     kept_n = len(result.kept)
     total = sum(len(p.positions) for p in result.panels)
     fig.suptitle(
-        f"{_title(result)} to visual tokens\ncyan outline: the {kept_n} of {total} visual tokens FastV keeps "
-        f"(K={result.k}, R={result.ratio:.0%}); colour scale per layer (min to max)",
+        f"{_title(result)} to visual tokens\ncyan outline: the {kept_n} of {total} visual tokens {result.method} "
+        "keeps; colour scale per layer (min to max)",
         fontsize=10,
         y=1.0,
         va="bottom",  # above the axes; the tight bounding box on save keeps it in the PNG
@@ -162,10 +148,10 @@ def plot_heatmaps(result: Analysis, path: str | Path, layers: list[int] | None =
 
 
 def _heat(ax: Axes, result: Analysis, p: Panel, grid: np.ndarray, vmin: float, vmax: float):
-    """One panel: the picture, the attention over it, and FastV's kept tokens outlined."""
+    """One panel: the picture, the attention over it, and the method's kept tokens outlined."""
     h, w = p.shape
     extent = (-0.5, w - 0.5, h - 0.5, -0.5)
-    pic = _picture(result, p) if p.exact else None
+    pic = panel_picture(result.images, result.panels, p) if p.exact else None
     if pic is not None:
         ax.imshow(pic, extent=extent, interpolation="bilinear")
     im = ax.imshow(

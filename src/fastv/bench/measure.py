@@ -1,4 +1,4 @@
-"""Prefill/decode benchmark of FastV against the unpatched model, measured in one process.
+"""Prefill/decode benchmark of FastV (or any method) against the unpatched model, measured in one process.
 
 The model is a local checkpoint, or a random-weight model with a named real shape (full width,
 depth truncated so a CPU can hold and run it, with a tiny vision tower that still emits the real
@@ -10,11 +10,15 @@ medians are reported, wall clock beside the process's CPU time.
 
 What is compared per setting: measured prefill speed-up vs the speed-up the exact FLOPs count
 predicts for the model actually run, decode tokens/s, peak memory, and KV-cache bytes vs prediction.
+
+Settings are FastV's (K, R) grid by default, or, with `methods`, every method (compositions
+included) at every budget (`keeps`, else `ratios`): the same measurement for all of them.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -27,9 +31,11 @@ from typing import Any
 import torch
 
 from fastv import flops as F
+from fastv import run
 from fastv.core.errors import FastVError
 from fastv.core.hf import compat
 from fastv.flops.shapes import KNOWN_SHAPES
+from fastv.methods import FastV, Method
 
 TEXT_ID_RANGE = (100, 1000)  # plain word ids in every supported vocabulary (no special tokens)
 
@@ -52,10 +58,25 @@ class BenchConfig:
     dtype: str = "bfloat16"
     threads: int | None = 1  # one thread: stable timings on a CPU shared with other jobs
     seed: int = 0
+    methods: tuple[str, ...] = ()  # any methods instead of FastV's (K, R) grid, e.g. ("fastv", "pdrop")
+    keeps: tuple[int, ...] = ()  # their budgets in visual tokens kept (else `ratios`)
+    method_k: int | None = None  # the layer of the methods that have one (None: each method's default)
 
-    def settings(self) -> list[tuple[int, float]]:
+    def settings(self) -> list[tuple]:
+        """(k, ratio) per FastV setting, the R=0 overhead first; or (method, "keep"|"ratio", value)."""
+        if self.methods:
+            budgets = [("keep", n) for n in self.keeps] or [("ratio", r) for r in self.ratios]
+            return [(m, kind, value) for m in self.methods for kind, value in budgets]
         grid = [(k, r) for k in self.ks for r in self.ratios]
         return [(self.overhead_k, 0.0)] + [s for s in grid if s != (self.overhead_k, 0.0)]
+
+    def method(self, setting: tuple) -> Method:
+        """The method one setting runs (`fastv.run.method_from_options`: it checks its own settings)."""
+        if isinstance(setting[0], str):
+            name, kind, value = setting
+            return run.method_from_options(name, k=self.method_k, **{kind: value})
+        k, ratio = setting
+        return FastV(k=k, ratio=ratio)
 
 
 @dataclass
@@ -381,6 +402,9 @@ class SettingResult:
     # median over runs of (pruned time) / (mean of the two unpatched runs around it)
     time_share: float = float("nan")
     time_share_cpu: float = float("nan")
+    method: str = "fastv"
+    keep: int | None = None  # the budget, when given in visual tokens kept
+    label: str = ""  # e.g. "fastv k=2 r=0.5", "pool keep=64" (`fastv.run.describe`)
 
 
 @dataclass
@@ -392,14 +416,23 @@ class BenchResult:
     machine: dict[str, Any]
     full: dict[str, Any]
     settings: list[SettingResult]
-    overhead: float  # FastV at ratio 0 vs unpatched prefill: time ratio - 1
+    overhead: float  # FastV at ratio 0 vs unpatched prefill: time ratio - 1 (nan without that setting)
     overhead_cpu: float
+    skipped: dict[str, str] = field(default_factory=dict)  # setting label -> why its method refused it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def setting(self, k: int, ratio: float) -> SettingResult | None:
         return next((s for s in self.settings if s.k == k and abs(s.ratio - ratio) < 1e-9), None)
+
+    def by_label(self, label: str) -> SettingResult | None:
+        return next((s for s in self.settings if s.label == label), None)
+
+    @property
+    def by_method(self) -> bool:
+        """Settings are methods x budgets (not FastV's K x R grid)."""
+        return bool(self.config.get("methods"))
 
 
 def _machine(cfg: BenchConfig) -> dict[str, Any]:
@@ -414,7 +447,7 @@ def _machine(cfg: BenchConfig) -> dict[str, Any]:
     }
 
 
-Setting = tuple  # ("full",) or (k, ratio)
+Setting = tuple  # ("full",), (k, ratio) or (method, "keep"|"ratio", value)
 FULL: Setting = ("full",)
 
 
@@ -451,10 +484,8 @@ def run_benchmark(
     model: torch.nn.Module | None = None,
     show_progress: bool = True,
 ) -> BenchResult:
-    """Time the full model and every FastV setting, round after round, and compare with FLOPs."""
+    """Time the full model and every setting, round after round, and compare with FLOPs."""
     from tqdm.auto import tqdm
-
-    import fastv
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -464,14 +495,22 @@ def run_benchmark(
     machine = _machine(cfg)
     inputs, n_visual = build_inputs(model, cfg)
     n_tokens = int(inputs["input_ids"].shape[1])
-    settings = cfg.settings()
+    methods, skipped = {}, {}
+    for s in cfg.settings():  # a budget the method cannot meet on this model is skipped, and said why
+        method = cfg.method(s)
+        try:
+            method.apply(model).remove()
+        except FastVError as err:
+            skipped[run.describe(method)] = str(err)
+            continue
+        methods[s] = method
+    settings = list(methods)
+    if not settings:
+        raise FastVError("no setting can run on this model: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     timings = {("full",): Timing(), **{s: Timing() for s in settings}}
 
     def call(setting) -> CallResult:
-        if setting == ("full",):
-            return run_once(model, inputs, cfg.new_tokens)
-        k, ratio = setting
-        with fastv.FastV(k=k, ratio=ratio).apply(model) as handle:
+        with run.applied(model, None if setting == FULL else methods[setting]) as handle:
             return run_once(model, inputs, cfg.new_tokens, handle)
 
     plan = interleaved_plan(settings, cfg.repeats)
@@ -509,9 +548,15 @@ def run_benchmark(
     full_prefill = statistics.median(full_t.prefill_s)
     full_cpu = statistics.median(full_t.prefill_cpu_s)
     results: list[SettingResult] = []
-    for k, ratio in settings:
-        t = timings[(k, ratio)]
-        kept = t.kept if t.kept is not None else F.kept_count(n_visual, ratio)
+    for s in settings:
+        t, method = timings[s], methods[s]
+        k = int(getattr(method, "k", None) or 0)
+        if method.ratio is not None:
+            ratio = method.ratio
+            kept = t.kept if t.kept is not None else F.kept_count(n_visual, ratio)
+        else:
+            kept = t.kept if t.kept is not None else method.keep
+            ratio = 1 - kept / n_visual if n_visual else 0.0
         lens = t.layer_seq_lens or F.fastv_layer_seq_lens(n_layers, n_tokens, n_visual, k, kept)
         fl = vision_side + F.prefill_flops(text_config, lens)
         med, med_cpu = statistics.median(t.prefill_s), statistics.median(t.prefill_cpu_s)
@@ -540,11 +585,14 @@ def run_benchmark(
                 flops=fl,
                 layer_seq_lens=lens,
                 prefill_all_s=list(t.prefill_s),
-                time_share=_median(wall_shares.get((k, ratio), [])),
-                time_share_cpu=_median(cpu_shares.get((k, ratio), [])),
+                time_share=_median(wall_shares.get(s, [])),
+                time_share_cpu=_median(cpu_shares.get(s, [])),
+                method=method.name,
+                keep=method.keep,
+                label=run.describe(method),
             )
         )
-    zero = next(r for r in results if r.ratio == 0.0)
+    zero = next((r for r in results if r.method == "fastv" and r.ratio == 0.0 and r.keep is None), None)
     full = {
         "prefill_s": full_prefill,
         "prefill_cpu_s": full_cpu,
@@ -566,8 +614,9 @@ def run_benchmark(
         machine=machine,
         full=full,
         settings=results,
-        overhead=zero.prefill_s / full_prefill - 1,
-        overhead_cpu=zero.prefill_cpu_s / full_cpu - 1,
+        overhead=zero.prefill_s / full_prefill - 1 if zero else float("nan"),
+        overhead_cpu=zero.prefill_cpu_s / full_cpu - 1 if zero else float("nan"),
+        skipped=skipped,
     )
 
 
@@ -591,13 +640,18 @@ def load_json(path: Path) -> BenchResult:
 
 
 def plot(result: BenchResult, path: Path) -> None:
-    """Speed-up vs R for each K, measured (solid) against the FLOPs ideal (dashed): wall clock and CPU time."""
+    """Speed-up vs R for each K, measured (solid) against the FLOPs ideal (dashed): wall clock and CPU time.
+    Settings by method: bars per method and budget instead."""
     import textwrap
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    if result.by_method:
+        _plot_methods(result, path)
+        return
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), sharey=True)
     ks = sorted({s.k for s in result.settings})
@@ -626,11 +680,38 @@ def plot(result: BenchResult, path: Path) -> None:
     plt.close(fig)
 
 
+def _plot_methods(result: BenchResult, path: Path) -> None:
+    """Prefill time as a share of the full model's per method x budget: measured (wall, CPU) beside FLOPs."""
+    import matplotlib.pyplot as plt
+
+    rows = result.settings
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.4))
+    xs = range(len(rows))
+    bars = (
+        ("measured, wall", [1 / r.speedup_measured for r in rows]),
+        ("measured, CPU", [1 / r.speedup_measured_cpu for r in rows]),
+        ("FLOPs", [1 / r.speedup_predicted for r in rows]),
+    )
+    for j, (name, values) in enumerate(bars):
+        ax.bar([x + (j - 1) * 0.27 for x in xs], values, 0.27, label=name)
+    ax.axhline(1.0, color="k", lw=0.8, ls="--")
+    ax.set_xticks(list(xs), [r.label for r in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("prefill time / full model (lower is better)")
+    ax.legend(fontsize=8)
+    ax.set_title(f"{result.n_visual} visual + {result.n_text} text tokens; {result.model[:90]}", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def markdown_table(result: BenchResult) -> str:
     """The README's results table for one run (peak MiB: resident memory above the start of the call)."""
     f = result.full
+    by_method = result.by_method
     lines = [
-        "| K | R | kept | TTFT s | CPU s | speed-up (wall) | speed-up (CPU) | FLOPs ideal | wall / ideal "
+        ("| method | budget | kept" if by_method else "| K | R | kept")
+        + " | TTFT s | CPU s | speed-up (wall) | speed-up (CPU) | FLOPs ideal | wall / ideal "
         "| CPU / ideal | share of full (wall / CPU) | FLOPs share | decode tok/s | peak MiB | KV MiB | KV vs pred "
         "| KV saving (pred) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -638,9 +719,13 @@ def markdown_table(result: BenchResult) -> str:
         "| 1.00 / 1.00 | 1.00 "
         f"| {f['decode_tok_s']:.2f} | {f['peak_mem_mb']:.0f} | {f['kv_bytes'] / 2**20:.1f} | {f['kv_bytes'] / f['kv_bytes_predicted'] - 1:+.2%} | - |",
     ]
-    for r in sorted(result.settings, key=lambda r: (r.k, r.ratio)):
+    rows = result.settings if by_method else sorted(result.settings, key=lambda r: (r.k, r.ratio))
+    for r in rows:
+        first = (
+            f"| {r.method} | {r.label.removeprefix(r.method).strip()} |" if by_method else f"| {r.k} | {r.ratio:g} |"
+        )
         lines.append(
-            f"| {r.k} | {r.ratio:g} | {r.kept} | {r.prefill_s:.2f} | {r.prefill_cpu_s:.2f} | {r.speedup_measured:.2f} "
+            f"{first} {r.kept} | {r.prefill_s:.2f} | {r.prefill_cpu_s:.2f} | {r.speedup_measured:.2f} "
             f"| {r.speedup_measured_cpu:.2f} | {r.speedup_predicted:.2f} | {r.efficiency:.0%} | {r.efficiency_cpu:.0%} "
             f"| {r.time_share:.2f} / {r.time_share_cpu:.2f} | {1 / r.speedup_predicted:.2f} "
             f"| {r.decode_tok_s:.2f} | {r.peak_mem_mb:.0f} | {r.kv_bytes / 2**20:.1f} | {r.kv_error:+.2%} "
@@ -650,10 +735,13 @@ def markdown_table(result: BenchResult) -> str:
         "\nShare of full: each pruned run's prefill time over the mean of the unpatched runs just before and "
         "after it (median over rounds); FLOPs share = 1 / FLOPs ideal speed-up."
     )
-    lines.append(
-        f"\nFastV at R=0 (K={result.config['overhead_k']}) vs unpatched: {result.overhead:+.1%} wall, "
-        f"{result.overhead_cpu:+.1%} CPU time."
-    )
+    if not math.isnan(result.overhead):
+        lines.append(
+            f"\nFastV at R=0 (K={result.config['overhead_k']}) vs unpatched: {result.overhead:+.1%} wall, "
+            f"{result.overhead_cpu:+.1%} CPU time."
+        )
+    for label, why in result.skipped.items():
+        lines.append(f"\n{label} skipped: {why}")
     return "\n".join(lines)
 
 

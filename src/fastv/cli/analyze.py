@@ -106,8 +106,13 @@ def analyze(
     ),
     layers: str | None = typer.Option(None, "--layers", help="Layers to report, e.g. 0,1,2,8,31 (default: all)."),
     out: Path = typer.Option(Path("fastv-analysis"), "--out", "-o", help="Folder for the JSON and PNGs."),
-    k: int = typer.Option(2, "--k", help="FastV layer K: the outlined tokens are those it keeps."),
-    ratio: float = typer.Option(0.5, "--ratio", "-r", help="FastV ratio R: share of visual tokens dropped."),
+    method: str = typer.Option(
+        "fastv", "--method", help="Whose kept tokens to outline: any method (`fastv methods`) or a composition a+b."
+    ),
+    k: int = typer.Option(2, "--k", help="The method's layer K (methods that have one)."),
+    ratio: float = typer.Option(0.5, "--ratio", "-r", help="Share of visual tokens the method drops."),
+    keep: int | None = typer.Option(None, "--keep", help="Visual tokens the method keeps (instead of --ratio)."),
+    scorer: str | None = typer.Option(None, "--scorer", help="FastV's scorer (last_token or random)."),
     query: str = typer.Option("last", "--query", help="Whose attention: last | instruction | output (mean)."),
     max_new_tokens: int = typer.Option(0, "--max-new-tokens", help="Generate this many tokens to analyse too."),
     matrix_layer: int | None = typer.Option(None, "--matrix-layer", help="Layer of the attention matrix (default K)."),
@@ -119,14 +124,16 @@ def analyze(
     from fastv.analysis import plots
     from fastv.core.hf.families import resolve
     from fastv.loading import build_inputs, load_model, to_model
-    from fastv.methods import FastV
+    from fastv.run import method_from_options, method_settings
 
     info = validate.model(model)
     validate.dtype(dtype)
     validate.attn(attn)
     validate.at_least("--max-new-tokens", max_new_tokens, 0)
-    FastV(k=k, ratio=ratio)  # refuses a bad K or R now, before the model loads
-    validate.layer("--k", k, info)
+    # The method refuses a bad K, R, budget or scorer now, before the model loads.
+    pruner = method_from_options(method, k=k, ratio=None if keep is not None else ratio, keep=keep, scorer=scorer)
+    if "k" in method_settings(method):
+        validate.layer("--k", k, info)
     if matrix_layer is not None:
         validate.layer("--matrix-layer", matrix_layer, info)
     if query not in analysis.QUERIES:
@@ -151,7 +158,7 @@ def analyze(
     out.mkdir(parents=True, exist_ok=True)
     # Every layer is cheap (a few query rows each): the charts show them all, --layers picks
     # the table rows and heat maps.
-    options = dict(query=query, max_new_tokens=max_new_tokens, k=k, ratio=ratio)
+    options = dict(query=query, max_new_tokens=max_new_tokens, method=pruner)
     if aggregate_mode:
         _aggregate(net, processor, samples, options, out, wanted)
         return
@@ -181,7 +188,7 @@ def analyze(
 
 
 def _title(result: Any, model: str) -> str:
-    kept = f"FastV K={result.k} R={result.ratio:.0%} keeps {len(result.kept)} visual tokens"
+    kept = f"{result.method} keeps {len(result.kept)} visual tokens"
     return f"{model} ({result.family}), query={result.query}: attention share per group. {kept}"
 
 

@@ -1,4 +1,4 @@
-"""`fastv bench`: prefill/decode timing of FastV vs the unpatched model, against the FLOPs prediction.
+"""`fastv bench`: prefill/decode timing of FastV (or any methods) vs the unpatched model, against FLOPs.
 
 Everything is checked before a model is built (building a 7B-wide model takes tens of seconds), and
 results go to a new folder per run unless `--out` names one: committed results are never overwritten
@@ -55,9 +55,17 @@ def check_config(cfg) -> None:
         raise FastVError("--ratios: give at least one R, e.g. --ratios 0.5,0.75")
     for r in cfg.ratios:
         validate.ratio("--ratios", r)
+    for n in cfg.keeps:
+        validate.at_least("--keep", n, 0)
     depth = _model_layers(cfg.model)
     if cfg.layers:
         depth = min(depth, cfg.layers)
+    if cfg.methods:  # each method checks its own settings now; budgets the model cannot hold are skipped later
+        for setting in cfg.settings():
+            cfg.method(setting)
+        if cfg.method_k is not None and not 0 <= cfg.method_k < depth:
+            raise FastVError(f"--k {cfg.method_k}: the benchmarked model has {depth} language-model layers")
+        return
     for k in sorted({*cfg.ks, cfg.overhead_k}):
         if k < 1:
             raise FastVError(f"--ks {k}: FastV scores attention at layer K-1, so K >= 1")
@@ -96,6 +104,15 @@ def bench_cmd(
     layers: int | None = typer.Option(None, "--layers", help="Truncate the language model to N layers (0: all)."),
     ks: str | None = typer.Option(None, "--ks", help="Comma-separated K values."),
     ratios: str | None = typer.Option(None, "--ratios", help="Comma-separated pruning ratios R > 0."),
+    method: str | None = typer.Option(
+        None, "--method", help="Comma-separated methods (`fastv methods`, compositions a+b) instead of FastV's K x R."
+    ),
+    keep: str | None = typer.Option(
+        None, "--keep", help="With --method: comma-separated budgets, visual tokens kept (default: --ratios)."
+    ),
+    k: int | None = typer.Option(
+        None, "--k", help="With --method: the layer of methods that have one (default: each's)."
+    ),
     frames: int | None = typer.Option(None, "--frames", help="Video input with this many frames."),
     repeats: int | None = typer.Option(None, "--repeats", help="Measured rounds (median reported)."),
     warmup: int | None = typer.Option(None, "--warmup", help="Warm-up rounds."),
@@ -108,7 +125,7 @@ def bench_cmd(
     name: str | None = typer.Option(None, "--name", help="File stem of the outputs (default: the suite)."),
     force: bool = typer.Option(False, "--force", help="Overwrite outputs of the same name in --out."),
 ) -> None:
-    """Time the full model and FastV(K, R), alternating in one process; write JSON + PNG + table."""
+    """Time the full model and FastV(K, R), or --method x --keep, alternating in one process; JSON + PNG + table."""
     from fastv.bench import measure as B
 
     console = make_console()
@@ -124,6 +141,9 @@ def bench_cmd(
             "layers": layers,
             "ks": tuple(parse_list(ks, int, "ks")) if ks is not None else None,
             "ratios": tuple(parse_list(ratios, float, "ratios")) if ratios is not None else None,
+            "methods": tuple(parse_list(method, str, "method")) if method is not None else None,
+            "keeps": tuple(parse_list(keep, int, "keep")) if keep is not None else None,
+            "method_k": k,
             "frames": frames,
             "repeats": repeats,
             "warmup": warmup,
@@ -131,11 +151,18 @@ def bench_cmd(
             "dtype": dtype,
             "threads": threads,
         }
-        cfg = replace(B.SUITES[s], **{k: v for k, v in overrides.items() if v is not None})
+        cfg = replace(B.SUITES[s], **{key: v for key, v in overrides.items() if v is not None})
+        if keep is not None and not cfg.methods:
+            raise FastVError(
+                "--keep is a budget for --method: give --method fastv,pdrop,... (FastV's grid takes --ratios)"
+            )
+        if cfg.methods and cfg.vision_layers < 2:  # VisionZip & co read the tower's attention at layer -2
+            cfg = replace(cfg, vision_layers=2)
         check_config(cfg)
         if cfg.layers == 0:
             cfg = replace(cfg, layers=None)
-        stem = name if name and len(suites) == 1 else (f"{name}-{s}" if name else s)
+        default = f"{s}-methods" if cfg.methods else s
+        stem = name if name and len(suites) == 1 else (f"{name}-{s}" if name else default)
         plan.append((s, cfg, stem))
     out = out if out is not None else _default_out()
     _check_out(out, [stem for _, _, stem in plan], force)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import fields
 from pathlib import Path
 
 import typer
@@ -12,7 +11,7 @@ from fastv.cli import app, make_console, validate, warn
 from fastv.core.errors import FastVError
 from fastv.generate import answer, context_note, kept_note
 from fastv.loading import build_inputs, load_model, to_model
-from fastv.methods import FastV, make, method_class
+from fastv.run import method_from_options, method_settings
 
 
 def _layer_lens(lens: list[int]) -> str:
@@ -24,15 +23,6 @@ def _layer_lens(lens: list[int]) -> str:
         else:
             runs.append([n, 1])
     return ", ".join(f"{n} x{c}" for n, c in runs)
-
-
-def _pruner(method: str, k: int, ratio: float | None, keep: int | None, scorer: str):
-    if method == "fastv":
-        return FastV(k=k, ratio=ratio, keep=keep, scorer=scorer)
-    has = {f.name for f in fields(method_class(method))}
-    extra = {"k": k} if "k" in has else {}
-    extra.update({"scorer": scorer} if "scorer" in has else {})
-    return make(method, keep=keep, ratio=ratio, **extra)
 
 
 @app.command()
@@ -54,14 +44,14 @@ def generate(
 ) -> None:
     """Print the answer and what FastV kept: visual tokens kept / total and sequence length per layer."""
     console = make_console()
-    pruner = None if no_fastv else _pruner(method, k, ratio, keep, scorer)
+    pruner = None if no_fastv else method_from_options(method, k=k, ratio=ratio, keep=keep, scorer=scorer)
     if not image and video is None:
         raise FastVError("give --image FILE (or --video FRAMES_DIR): FastV prunes visual tokens")
     info = validate.model(model)
     validate.dtype(dtype)
     validate.attn(attn)
     validate.max_new_tokens(max_new_tokens)
-    if pruner is not None and "k" in {f.name for f in fields(type(pruner))}:
+    if pruner is not None and "k" in method_settings(method):
         validate.layer("--k", k, info)
     validate.video_support(info, video is not None)
     validate.images(image)

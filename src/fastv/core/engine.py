@@ -314,6 +314,8 @@ class PruneHandle:
         keep = stage.keep
         if isinstance(scores, tuple):
             scores, keep = scores
+        elif keep is None:
+            raise FastVError(f"{self.method.name}: a stage without `keep` must return (scores, kept per sample)")
         sel = select(scores, alive, keep, None if prev is None else prev.keep_mask, rows if drop else None)
         self._done.append(sel)
         if self._renumbering:

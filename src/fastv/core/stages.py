@@ -47,9 +47,10 @@ class StageContext:
 @dataclass
 class Stage:
     layer: int  # pruning happens as this decoder layer starts (0: before the language model)
-    keep: Callable[[int], int]  # visual tokens alive -> visual tokens kept
-    # (B, L) over original positions, higher is kept; or (scores, kept count per sample) for
-    # methods whose budget is not a function of the sample's visual-token count (per image)
+    # Visual tokens alive -> visual tokens kept (per sample); None when `score` returns the counts.
+    keep: Callable[[int], int] | None
+    # (B, L) over original positions, higher is kept; or, with keep=None, (scores, kept count per
+    # sample) for methods whose budget is not a function of the sample's visual-token count (per image)
     score: Callable[[StageContext], torch.Tensor | tuple[torch.Tensor, list[int]]]
     attention_rows: Rows | None = None  # query rows whose attention the score needs
     merge: Callable[[StageContext, Selection], torch.Tensor] | None = None  # new hidden rows (B, L', H)

@@ -16,9 +16,13 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no usage 
 
 import gradio as gr  # noqa: E402
 
-from fastv.core.errors import FastVError  # noqa: E402
+from fastv.core.errors import FastVError  # noqa: E402  # noqa: E402
 from fastv.demo.logic import Comparison, Demo, Settings  # noqa: E402
+from fastv.methods import METHODS  # noqa: E402
 from fastv.zoo.default_model import EXAMPLES_DIR
+
+# The dropdown: every registered method and two compositions; any other a+b can be typed.
+METHOD_CHOICES = [*METHODS, "visionzip+fastv", "divprune+fastv"]
 
 CSS = """
 #message:empty { display: none; }
@@ -67,7 +71,7 @@ def _message(comparison: Comparison | None, error: str) -> str:
     if error:
         return f'<div class="error"><b>Cannot compare:</b> {_escape(error)}</div>'
     c = comparison
-    ran = "full model: cached, only FastV ran" if c.full_cached else "ran the full model and FastV"
+    ran = f"full model: cached, only {c.method} ran" if c.full_cached else f"ran the full model and {c.method}"
     notes = "".join(f" {_escape(n)}" for n in c.notes)
     return f'<div class="info">{ran}.{notes}</div>'
 
@@ -81,11 +85,11 @@ def build(demo: Demo) -> gr.Blocks:
     n = demo.num_layers
     allowed = [Path(gr.utils.get_upload_folder()).resolve(), EXAMPLES_DIR.resolve()]
 
-    def run(image, video, prompt, k, ratio, scorer):
+    def run(image, video, prompt, k, ratio, scorer, method="fastv", keep=None):
         try:
             image_path = _upload_path(image, allowed)
             video_path = _upload_path(video, allowed)
-            settings = Settings.parse(k, ratio, scorer)
+            settings = Settings.parse(k, ratio, scorer, method, keep)
         except FastVError as err:
             return _message(None, str(err)), "", "", "", "", None, None
         c, error = demo.safe_compare(image_path, prompt, settings, video=video_path)
@@ -107,7 +111,8 @@ def build(demo: Demo) -> gr.Blocks:
         gr.Markdown(
             f"### FastV vs the full model &nbsp;<small>model **{demo.name}** ({family}, {n} layers): FastV ranks "
             "visual tokens by the last prompt token's attention at layer K-1 and drops a share R of them from "
-            "layer K on.</small>",
+            "layer K on. Pick another method to compare it instead (K and the scorer apply where it has them; "
+            "a budget `keep` replaces R).</small>",
             elem_id="header",
         )
         with gr.Row(equal_height=False):
@@ -123,6 +128,13 @@ def build(demo: Demo) -> gr.Blocks:
                         0.0, 0.95, value=0.5, step=0.05, label="R: share dropped", buttons=[], elem_id="ratio"
                     )
                 scorer = gr.Radio(["last_token", "random"], value="last_token", label="Scorer", elem_id="scorer")
+                with gr.Row():
+                    method = gr.Dropdown(
+                        METHOD_CHOICES, value="fastv", label="Method", allow_custom_value=True, elem_id="method"
+                    )
+                    keep = gr.Number(
+                        value=None, precision=0, label="keep: visual tokens (empty: use R)", elem_id="keep"
+                    )
                 button = gr.Button("Compare", variant="primary", elem_id="compare")
                 sample = None
                 if items := examples():
@@ -137,11 +149,11 @@ def build(demo: Demo) -> gr.Blocks:
                 message = gr.HTML(elem_id="message")
                 with gr.Row():
                     full = gr.Textbox(label="Full model", elem_id="full-answer", scale=3)
-                    fast = gr.Textbox(label="FastV", elem_id="fastv-answer", scale=3)
+                    fast = gr.Textbox(label="Pruned (the method)", elem_id="fastv-answer", scale=3)
                     kept = gr.Textbox(label="Visual tokens kept", elem_id="kept", scale=2)
                 with gr.Row():
                     with gr.Column(min_width=200):
-                        gr.Markdown("**What FastV kept** (pruned patches greyed)", elem_classes="caption")
+                        gr.Markdown("**What the method kept** (pruned patches greyed)", elem_classes="caption")
                         masked = gr.Image(
                             label="Kept patches",
                             show_label=False,
@@ -162,14 +174,15 @@ def build(demo: Demo) -> gr.Blocks:
                         )
                 flops = gr.Markdown(elem_id="flops")
 
-        inputs = [image, video, prompt, k, ratio, scorer]
+        inputs = [image, video, prompt, k, ratio, scorer, method, keep]
         outputs = [message, full, fast, kept, flops, masked, chart]
         options = {"preprocess": False, "trigger_mode": "always_last", "api_visibility": "undocumented"}
         button.click(run, inputs, outputs, preprocess=False, api_name="compare", trigger_mode="always_last")
         prompt.submit(run, inputs, outputs, **options)
-        for slider in (k, ratio):  # only FastV reruns (the full model's answer is cached); a drag
+        for slider in (k, ratio):  # only the method reruns (the full model's answer is cached); a drag
             slider.change(run, inputs, outputs, **options)  # queues one run: always_last drops the rest
-        scorer.input(run, inputs, outputs, **options)
+        for choice in (scorer, method, keep):
+            choice.input(run, inputs, outputs, **options)
         if sample is not None and sample.load_input_event is not None:
             sample.load_input_event.then(run, inputs, outputs, **options)
     return page

@@ -1,8 +1,9 @@
 """What the demo computes, without any Gradio: one model, a comparison per (image, prompt, settings).
 
-The full model's answer depends only on the image and the prompt, so it is cached on those and
-moving the K / R sliders or switching the scorer reruns FastV alone (both prefills are re-timed side
-by side, since a timing is only comparable to one taken under the same load). Bad input raises `FastVError`
+The settings pick any method (`fastv methods`, or a composition a+b) and its budget; FastV is the
+default. The full model's answer depends only on the image and the prompt, so it is cached on those
+and moving the K / R sliders, the budget or the method reruns the pruned model alone (both prefills
+are re-timed side by side, since a timing is only comparable to one taken under the same load). Bad input raises `FastVError`
 with a message meant for the page; `Demo.safe_compare` turns any failure into such a message so a
 request can never take the server down.
 """
@@ -14,7 +15,6 @@ import logging
 import math
 import tempfile
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
+from fastv import run
 from fastv.analysis import overlay
 from fastv.core.cost import TextShape, format_flops
 from fastv.core.errors import FastVError
@@ -32,7 +33,7 @@ from fastv.flops.llm import theory_layer_flops
 from fastv.flops.vision import vision_flops
 from fastv.generate import Answer, answer, context_note, kept_note
 from fastv.loading import build_inputs, to_model
-from fastv.methods import FastV
+from fastv.methods import FastV, Method
 
 log = logging.getLogger(__name__)
 VIDEO_FRAMES = 8
@@ -41,16 +42,20 @@ CACHE_SIZE = 32
 
 @dataclass(frozen=True)
 class Settings:
-    """FastV's knobs as the page shows them: K (first pruned layer), R (share dropped), scorer."""
+    """The page's knobs: the method, K (its layer, where it has one), R (share dropped) or a budget
+    `keep` (visual tokens kept, instead of R), and FastV's scorer."""
 
     k: int = 2
     ratio: float = 0.5
     scorer: str = "last_token"
+    method: str = "fastv"
+    keep: int | None = None
 
     @classmethod
-    def parse(cls, k: Any, ratio: Any, scorer: Any) -> Settings:
+    def parse(cls, k: Any, ratio: Any, scorer: Any, method: Any = "fastv", keep: Any = None) -> Settings:
         """Settings from a request's raw values: K a whole number (2.5 is refused, not truncated),
-        R a finite number, the scorer a string; the ranges are checked by `Demo` against the model."""
+        R a finite number, keep empty or a whole number, the scorer and method strings; the method
+        checks its own settings against the model (`Demo`)."""
         try:
             k_value, r_value = float(k), float(ratio)
         except (TypeError, ValueError) as err:
@@ -61,7 +66,26 @@ class Settings:
             raise FastVError(f"R={ratio}: give a share between 0 and 1, e.g. 0.5")
         if not isinstance(scorer, str):
             raise FastVError(f"scorer={scorer!r}: choose 'last_token' or 'random'")
-        return cls(int(k_value), r_value, scorer)
+        if not isinstance(method, str) or not method.strip():
+            raise FastVError(f"method={method!r}: choose one of `fastv methods`, e.g. fastv")
+        keep_value = None
+        if keep is not None and str(keep).strip() != "":
+            try:
+                keep_value = float(keep)
+            except (TypeError, ValueError) as err:
+                raise FastVError(f"keep={keep!r}: give a whole number of visual tokens, or leave it empty") from err
+            if not math.isfinite(keep_value) or keep_value != int(keep_value):
+                raise FastVError(f"keep={keep}: give a whole number of visual tokens, or leave it empty to use R")
+        return cls(int(k_value), r_value, scorer, method.strip(), None if keep_value is None else int(keep_value))
+
+    def label(self) -> str:
+        """What the page calls the pruned run: 'fastv k=2 r=0.5', 'pool keep=64'."""
+        return run.describe(self.method_for())
+
+    def method_for(self) -> Method:
+        """The method these settings describe; it refuses what it cannot do (`fastv.run.method_from_options`)."""
+        ratio = None if self.keep is not None else self.ratio
+        return run.method_from_options(self.method, k=self.k, ratio=ratio, keep=self.keep, scorer=self.scorer)
 
 
 @dataclass
@@ -75,7 +99,7 @@ class FullRun:
 
 @dataclass
 class Flops:
-    """Prefill FLOPs, full vs FastV: exact for the language model, the paper's formula, the vision side."""
+    """Prefill FLOPs, full vs pruned: exact for the language model, the paper's formula, the vision side."""
 
     llm_full: int
     llm_fastv: int
@@ -101,12 +125,13 @@ class Comparison:
     prefill_fastv_s: float
     masked: Image.Image  # the processed image, pruned patches greyed out
     allocation: Path | None
-    full_cached: bool  # the full model's result came from the cache (only FastV ran)
+    full_cached: bool  # the full model's result came from the cache (only the pruned model ran)
     timing_repeats: int = 5  # prefill times are the best of this many runs
     notes: list[str] = field(default_factory=list)
+    method: str = "FastV"  # the pruned run's label (`Settings.label`)
 
     def flops_markdown(self) -> str:
-        """A small table: FLOPs and measured prefill time, full vs FastV."""
+        """A small table: FLOPs and measured prefill time, full vs the method."""
         f = self.flops
         rows = [
             ("LLM prefill, exact", format_flops(f.llm_full), format_flops(f.llm_fastv), f.llm_full, f.llm_fastv),
@@ -130,7 +155,7 @@ class Comparison:
                 self.prefill_fastv_s,
             )
         )
-        lines = ["| | full model | FastV | change |", "|---|---:|---:|---:|"]
+        lines = [f"| | full model | {self.method} | change |", "|---|---:|---:|---:|"]
         for name, a, b, x, y in rows:
             lines.append(f"| {name} | {a} | {b} | {-Flops.reduction(x, y):+.1%} |")
         return "\n".join(lines)
@@ -186,20 +211,8 @@ def _digest(images: list[Image.Image]) -> str:
     return h.hexdigest()
 
 
-def _prefill_once(model: torch.nn.Module, inputs: dict[str, Any], pruner: FastV | None) -> float:
-    handle = pruner.apply(model) if pruner is not None else None
-    try:
-        start = time.perf_counter()
-        model(**inputs, use_cache=True, logits_to_keep=1)
-        return time.perf_counter() - start
-    finally:
-        if handle is not None:
-            handle.remove()
-
-
-@torch.inference_mode()
 def time_prefills(
-    model: torch.nn.Module, inputs: dict[str, Any], pruner: FastV, repeats: int = 5
+    model: torch.nn.Module, inputs: dict[str, Any], pruner: Method, repeats: int = 5
 ) -> tuple[float, float]:
     """Seconds of one prefill forward (vision tower included), full and pruned: best of `repeats`.
 
@@ -208,8 +221,8 @@ def time_prefills(
     """
     full, pruned = float("inf"), float("inf")
     for _ in range(repeats):
-        full = min(full, _prefill_once(model, inputs, None))
-        pruned = min(pruned, _prefill_once(model, inputs, pruner))
+        full = min(full, run.prefill(model, inputs, None, use_cache=True).seconds)
+        pruned = min(pruned, run.prefill(model, inputs, pruner, use_cache=True).seconds)
     return full, pruned
 
 
@@ -255,8 +268,8 @@ class Demo:
     def compare(
         self, image: Any = None, prompt: str = "", settings: Settings = Settings(), video: Any = None
     ) -> Comparison:
-        """Full model vs FastV on one image (or video) and prompt. Raises FastVError on bad input."""
-        pruner = self._pruner(settings)
+        """Full model vs the settings' method on one image (or video) and prompt. Raises FastVError on bad input."""
+        pruner = settings.method_for()
         prompt = (prompt or "").strip()
         if not prompt:
             raise FastVError("type a prompt (a question about the image)")
@@ -267,6 +280,7 @@ class Demo:
         if not images and frames is None:
             raise FastVError("upload an image first: FastV prunes the model's visual tokens")
         with self._lock:
+            pruner.apply(self.model).remove()  # the method's own checks against this model, before any run
             inputs = to_model(build_inputs(self.processor, images, prompt, video=frames), self.model)
             key = (_digest(images + (frames or [])), prompt)
             cached = key in self._full
@@ -281,7 +295,7 @@ class Demo:
             fastv_answer=fast.text,
             kept=sum(stats.num_kept),
             total=sum(stats.num_visual),
-            flops=self._flops(stats, settings.k),
+            flops=self._flops(stats),
             prefill_full_s=full_s,
             prefill_fastv_s=fast_s,
             masked=masked,
@@ -289,6 +303,7 @@ class Demo:
             full_cached=cached,
             timing_repeats=self.timing_repeats,
             notes=notes,
+            method=settings.label(),
         )
 
     def safe_compare(self, *args: Any, **kwargs: Any) -> tuple[Comparison | None, str]:
@@ -302,16 +317,6 @@ class Demo:
             return None, f"internal error ({type(err).__name__}): {err}"
 
     # ---- steps --------------------------------------------------------------------------------
-    def _pruner(self, s: Settings) -> FastV:
-        n = self.num_layers
-        if s.k < 0:
-            raise FastVError(f"K={s.k}: K is a layer index, pick 0..{n - 1}")
-        if s.k >= n:
-            raise FastVError(f"K={s.k} is beyond the model's depth: its language model has {n} layers; pick 0..{n - 1}")
-        if s.k == 0 and s.scorer == "last_token":
-            raise FastVError("K=0 leaves no layer to score attention at: pick K >= 1, or the random scorer")
-        return FastV(k=int(s.k), ratio=float(s.ratio), scorer=s.scorer)
-
     def _full_run(self, key: tuple, inputs: dict[str, Any]) -> FullRun:
         if key in self._full:
             self._full.move_to_end(key)
@@ -323,7 +328,7 @@ class Demo:
         _put(self._full, key, run)
         return run
 
-    def _fastv_run(self, key: tuple, inputs: dict[str, Any], pruner: FastV, s: Settings) -> Answer:
+    def _fastv_run(self, key: tuple, inputs: dict[str, Any], pruner: Method, s: Settings) -> Answer:
         fkey = (key, s)
         if fkey in self._fastv:
             self._fastv.move_to_end(fkey)
@@ -331,7 +336,7 @@ class Demo:
         result = answer(self.model, self.processor, inputs, pruner, self.max_new_tokens)
         self.calls["fastv"] += 1
         if result.stats is None:
-            raise FastVError("FastV recorded no statistics: the prompt held no visual tokens")
+            raise FastVError(f"{pruner.name} recorded no statistics: the prompt held no visual tokens")
         _put(self._fastv, fkey, result)
         return result
 
@@ -367,29 +372,30 @@ class Demo:
         return overlay.side_by_side(tiles)
 
     def _pictures(self, inputs: dict[str, Any], panels: list, images: list[Image.Image], frames: list[Image.Image]):
-        """Per panel, the picture under its token grid: the processed pixels when they are a plain
-        (N, 3, H, W) tensor (LLaVA), else the upload resized to the grid's aspect."""
-        pixels = inputs.get("pixel_values")
-        ip = getattr(self.processor, "image_processor", None)
-        mean, std = getattr(ip, "image_mean", None), getattr(ip, "image_std", None)
-        exact = isinstance(pixels, torch.Tensor) and pixels.ndim == 4 and self.model.config.model_type == "llava"
-        out, g = [], 0
+        """Per panel, the picture under its token grid (`analysis.panel_pictures`: the processed pixels
+        for LLaVA, else the upload), resized to the grid's aspect; grey where there is none."""
+        from fastv.analysis.attention import panel_picture, panel_pictures
+
+        sample = [*images, frames] if frames else images
+        pictures = panel_pictures(self.model, inputs, [panels], [sample], self.processor)[0]
+        out = []
         for p in panels:
-            if exact and p.kind == "image" and g < pixels.shape[0]:
-                out.append(overlay.unnormalize(pixels[g], mean, std))
-                g += 1
-                continue
-            source = images if p.kind == "image" else frames
-            pic = source[min(p.index if p.frame is None else p.frame, len(source) - 1)] if source else None
             rows, cols = p.shape
             size = (max(cols, 1) * 16, max(rows, 1) * 16)
-            out.append(pic.resize(size) if pic is not None else Image.new("RGB", size, (200, 200, 200)))
+            array = panel_picture(pictures, panels, p)
+            if array is None:
+                out.append(Image.new("RGB", size, (200, 200, 200)))
+                continue
+            picture = Image.fromarray(array)
+            if abs(picture.width * rows - picture.height * cols) > max(rows, cols):  # not the grid's aspect
+                picture = picture.resize(size)
+            out.append(picture)
         return out
 
-    def _flops(self, stats: Any, k: int) -> Flops:
+    def _flops(self, stats: Any) -> Flops:
         config = self.model.config
         shape = TextShape.from_config(config)
-        n, n_hat, layers = stats.prompt_len, stats.layer_seq_lens[-1], shape.num_layers
+        n, layers = stats.prompt_len, shape.num_layers
 
         def theory(tokens: int) -> float:
             return theory_layer_flops(tokens, shape.hidden, shape.intermediate)
@@ -403,7 +409,7 @@ class Demo:
             llm_full=stats.flops["full"],  # the engine's exact count of this very prefill
             llm_fastv=stats.flops["pruned"],
             theory_full=layers * theory(n),
-            theory_fastv=k * theory(n) + (layers - k) * theory(n_hat),
+            theory_fastv=sum(theory(m) for m in stats.layer_seq_lens),  # per layer, as the method ran
             vision=vision,
         )
 

@@ -13,7 +13,6 @@ the full model's record comes from an earlier run), so every record gets its exa
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 
 from fastv import flops as F
+from fastv import run
 from fastv.core.errors import FastVError
 from fastv.core.hf.families import resolve
 from fastv.eval.data import EvalSample
@@ -77,40 +77,22 @@ class Generation:
     logprobs: torch.Tensor  # (vocab,) the first generated token's log-probs, float32 on CPU
 
 
-@torch.inference_mode()
 def generate(model: Any, processor: Any, inputs: dict[str, Any], pruner: Any, max_new_tokens: int) -> Generation:
     """Greedy generation under `pruner` (None = full model), keeping the first token's log-probs.
 
     With max_new_tokens=1 its `seconds` is the time to first token: vision tower, prefill, one pick.
     """
-    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
-    sync()
-    start = time.perf_counter()
-    with pruner.apply(model) if pruner is not None else contextlib.nullcontext() as handle:
-        out = model.generate(
-            **inputs,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-        stats = getattr(handle, "stats", None)
-    sync()
-    seconds = time.perf_counter() - start
-    new = out.sequences[0, inputs["input_ids"].shape[1] :].tolist()
-    tokenizer = getattr(processor, "tokenizer", processor)
-    text = tokenizer.decode(new, skip_special_tokens=True).strip()
-    logprobs = torch.log_softmax(out.logits[0][0].float(), dim=-1).cpu()
-    top = logprobs.topk(min(TOP_K, logprobs.shape[-1]))
+    out = run.generate(model, processor, inputs, pruner, max_new_tokens=max_new_tokens, logprobs=True)
+    top = out.logprobs.topk(min(TOP_K, out.logprobs.shape[-1]))
     first_ids, first_logprobs = top.indices.tolist(), [round(v, 5) for v in top.values.tolist()]
-    return Generation(text, new, stats, seconds, first_ids, first_logprobs, logprobs)
+    return Generation(out.text, out.token_ids, out.stats, out.seconds, first_ids, first_logprobs, out.logprobs)
 
 
 class FlopsModel:
     """Per-sample FLOPs from the measured per-layer sequence lengths (see `fastv.flops`)."""
 
     def __init__(self, model: Any) -> None:
-        self.config = model.config
+        self.model, self.config = model, model.config
         self.adapter = resolve(model)
 
     def n_visual(self, input_ids: torch.Tensor) -> int:
@@ -124,9 +106,6 @@ class FlopsModel:
         if v.tower == 0 and v.note:  # "vision tower of <family> not counted"
             return None
         return int(v.tower + v.projector)
-
-    def prefill(self, layer_seq_lens: Sequence[int]) -> int:
-        return int(F.prefill_flops(self.config, layer_seq_lens))
 
     def decode(self, layer_seq_lens: Sequence[int], new_tokens: int) -> int:
         """Decode steps after the first token: each layer's cache holds its prefill length + tokens so far."""
@@ -149,10 +128,9 @@ def _record(
     rank: int,
 ) -> dict[str, Any]:
     stats = gen.stats
-    n_layers = fm.adapter.num_layers
-    lens = list(stats.layer_seq_lens) if stats is not None and stats.layer_seq_lens else [prompt_len] * n_layers
+    lens = run.layer_seq_lens(fm.model, stats, prompt_len)
     kept = sum(stats.num_kept) if stats is not None and stats.num_visual else n_visual
-    prefill_llm = fm.prefill(lens)
+    prefill_llm = run.prefill_flops(fm.model, stats, prompt_len)
     return {
         "setting": setting.name,
         "params": setting.params,

@@ -12,11 +12,12 @@ the same name, and a grid can grow between resumed runs.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fastv.core.errors import FastVError
 from fastv.methods import METHODS, make, method_class
+from fastv.run import method_settings
 
 FULL = "full"
 DEFAULT_FASTV_KS = (1, 2, 3)  # `fastv eval`'s K grid for fastv/fastv_mean when --k is not given
@@ -44,7 +45,7 @@ def full_model() -> Setting:
 
 def has_setting(method: str, name: str) -> bool:
     """Whether `method` (a METHODS key or a composition "a+b") has the setting `name` (k, scorer...)."""
-    return name in {f.name for f in fields(method_class(method))}
+    return name in method_settings(method)
 
 
 def method_setting(

@@ -72,6 +72,21 @@ class Method:
     def stages(self, adapter: Adapter) -> list[Stage]:
         raise NotImplementedError
 
+    def visual_tokens_per_layer(self, num_layers: int, n: int) -> list[int]:
+        """Visual tokens of one n-token image that each decoder layer computes, without running the model
+        (`fastv.methods.accounting`; with `fastv.flops.prefill_flops` it predicts the prefill FLOPs).
+
+        This default is one cut: at layer `k` for methods that have one, else before the language model.
+        Methods with several cuts, or counts of their own (recycled tokens), override it.
+        """
+        if self.mode == "mask":
+            return [n] * num_layers  # masked tokens are still computed
+        keep = self.keep_count(n)
+        if not 0 <= keep <= n:
+            raise FastVError(f"{self.name}: cannot keep {keep} of {n} visual tokens")
+        k = int(getattr(self, "k", 0) or 0)
+        return [n] * k + [keep] * (num_layers - k)
+
     def build(self, adapter: Adapter) -> list[Stage]:
         """The stages the engine runs: `stages()`, each giving its kept tokens this method's positions."""
         out = self.stages(adapter)

@@ -83,6 +83,14 @@ class Composite(Method):
     def stages(self, adapter: Adapter) -> list[Stage]:
         return self.build(adapter)
 
+    def visual_tokens_per_layer(self, num_layers: int, n: int) -> list[int]:
+        """The in-LLM part counts from what the pre-LM part kept."""
+        if self.mode == "mask":
+            return [n] * num_layers
+        pre = self.parts[0].visual_tokens_per_layer(num_layers, n)
+        post = self.parts[1].visual_tokens_per_layer(num_layers, pre[0])
+        return [min(a, b) for a, b in zip(pre, post, strict=True)]
+
     def build(self, adapter: Adapter) -> list[Stage]:
         pre, llm = (p.build(adapter) for p in self.parts)
         if any(s.layer != 0 for s in pre):

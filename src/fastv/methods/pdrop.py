@@ -118,6 +118,18 @@ class PDrop(Method):
         """Visual tokens of an n-token image kept after each cut."""
         return _pyramid_cached(n, self.keep_count(n), self.cuts(num_layers), num_layers)
 
+    def visual_tokens_per_layer(self, num_layers: int, n: int) -> list[int]:
+        """n up to the first cut, then each cut's count of the pyramid."""
+        if self.mode == "mask":
+            return [n] * num_layers
+        cuts, counts = self.cuts(num_layers), self.schedule(n, num_layers)
+        out, current = [], n
+        for layer in range(num_layers):
+            if layer in cuts:
+                current = counts[cuts.index(layer)]
+            out.append(current)
+        return out
+
     def stages(self, adapter: Adapter) -> list[Stage]:
         cuts, num_layers = self.cuts(adapter.num_layers), adapter.num_layers
         for size, _ in fixed_sizes(adapter).values():  # refuse impossible budgets up front where we can

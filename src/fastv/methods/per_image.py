@@ -40,7 +40,7 @@ class PerImageStage:
         self._replace: list[tuple[int, torch.Tensor, torch.Tensor]] = []
 
     def stage(self, layer: int, attention_rows=None, merging: bool = False, scored_at: ScoredAt = "previous") -> Stage:
-        return Stage(layer, self.keep, self.score, attention_rows, self.merge if merging else None, scored_at)
+        return Stage(layer, None, self.score, attention_rows, self.merge if merging else None, scored_at)
 
     def score(self, ctx: StageContext) -> tuple[torch.Tensor, list[int]]:
         out = torch.zeros(ctx.visual.shape, device=ctx.visual.device)
@@ -63,9 +63,6 @@ class PerImageStage:
                     self._replace.append((b, choice.replace, choice.features))
             totals.append(total)
         return out, totals
-
-    def keep(self, n_alive: int) -> int:
-        raise FastVError(f"{self.name}: per-image stages return their counts with their scores")
 
     def merge(self, ctx: StageContext, sel: Selection) -> torch.Tensor:
         hidden = ctx.hidden

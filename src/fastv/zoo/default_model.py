@@ -8,14 +8,9 @@ MLP projector, Llama text model), 144 visual tokens, and answers questions about
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image
-
-from fastv.core.hf.chat import chat_text
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"  # the README's example scenes and prompts
@@ -39,35 +34,3 @@ def load_default(dtype: torch.dtype = torch.float32, path: str | Path = DEFAULT_
     model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=True)
     model.eval()
     return model, processor
-
-
-@torch.inference_mode()
-def answer(
-    model, processor, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 4
-) -> list[str]:
-    """Greedy answers to one question per image, batched (left padding), the way a user runs it."""
-    prompts = [chat_text(processor, q, n_images=1, video=False) for q in questions]
-    inputs = processor(images=list(images), text=prompts, return_tensors="pt", padding=True)
-    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    new = out[:, inputs["input_ids"].shape[1] :]
-    return [t.strip() for t in processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
-
-
-def exact_match(model, processor, samples, batch_size: int = 64, progress: bool = False) -> dict:
-    """Exact-match accuracy over `fastv.zoo.datasets.shapes.Sample`s, overall and per question kind."""
-    hits: dict[str, list[int]] = defaultdict(list)
-    batches = range(0, len(samples), batch_size)
-    if progress:
-        from tqdm import tqdm
-
-        batches = tqdm(batches, desc="eval", unit="batch")
-    for start in batches:
-        chunk = samples[start : start + batch_size]
-        preds = answer(model, processor, [s.image() for s in chunk], [s.question for s in chunk])
-        for s, p in zip(chunk, preds, strict=True):
-            hits[s.kind].append(int(p == s.answer))
-    per_kind = {k: sum(v) / len(v) for k, v in sorted(hits.items())}
-    total = sum(sum(v) for v in hits.values())
-    n = sum(len(v) for v in hits.values())
-    return {"overall": total / max(n, 1), "per_kind": per_kind, "n": n}
