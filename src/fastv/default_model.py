@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from fastv.loading import chat_text
+from fastv.loading import chat_text, to_model
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
 WEIGHTS_FILE = "model.safetensors"
@@ -42,12 +42,15 @@ def load_default(dtype: torch.dtype = torch.float32, path: str | Path = DEFAULT_
 
 @torch.inference_mode()
 def answer(
-    model, processor, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 4
+    model, processor, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 6
 ) -> list[str]:
-    """Greedy answers to one question per image, batched (left padding), the way a user runs it."""
+    """Greedy answers to one question per image, batched (left padding), the way a user runs it.
+
+    Six new tokens cover the longest answer of the shapes world (five colours and </s>).
+    """
     prompts = [chat_text(processor, q, n_images=1, video=False) for q in questions]
     inputs = processor(images=list(images), text=prompts, return_tensors="pt", padding=True)
-    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    inputs = to_model(inputs, model)
     out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     new = out[:, inputs["input_ids"].shape[1] :]
     return [t.strip() for t in processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
