@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Train the second default model on a GPU machine in one go, measure it, and pack the results.
+#
+#   bash training/gpu_train_v2.sh [extra train_default_v2.py options]
+#
+# Why a script: a GPU lease is short and files come back only from $OUT, at most 8 files of 16 MiB,
+# while the model is ~37 MB. So this trains (train_default_v2.py --device cuda, bf16 autocast, data
+# built by worker processes), measures (measure_default.py: attention shape + the FastV bar), and
+# packs the model folder, report and measurements as one tar split into 15 MB parts in $OUT:
+#   cat default_v2.tar.part-* | tar xf - -C /work/ckpt/default_v2_gpu
+# If .whl/ holds wheels (transformers 5.23, regex; see training/README lines in the report), they are
+# installed first so the GPU machine runs the transformers version the package is tested with.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+CKPT=${CKPT:-/tmp/default_v2}
+DEVICE=${DEVICE:-cuda}
+MEASURE_IMAGES=${MEASURE_IMAGES:-30}
+OUT=${OUT:-$CKPT/out}
+mkdir -p "$CKPT" "$OUT"
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, \
+torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')" | tee "$OUT/train.log"
+python3 training/train_default_v2.py --device "$DEVICE" --workers 8 --threads 4 --out "$CKPT" \
+    --init-vision src/fastv/models/default --test-images 100 "$@" 2>&1 | grep --line-buffered -v '^eval:' \
+    | tee -a "$OUT/train.log"
+python3 training/measure_default.py --model "$CKPT/final" --out "$CKPT/measure" --images "$MEASURE_IMAGES" --bar 2>&1 \
+    | grep --line-buffered -v 'it/s\]$' | tee "$OUT/measure.log" || echo "measure failed (see measure.log)"
+tar cf - -C "$CKPT" final report.json $(cd "$CKPT" && ls -d measure/measure.json measure/analysis/aggregate.json \
+    measure/analysis/allocation_mean.png measure/fastv/summary.md measure/fastv/summary.json 2>/dev/null) \
+    | split -b 15M -d - "$OUT/default_v2.tar.part-"
+ls -la "$OUT"
