@@ -100,3 +100,13 @@ def test_stopped_and_resumed_run_ends_bit_for_bit_like_an_uninterrupted_one(tmp_
     fresh = recipe.Trainer(recipe.parse_args([*TINY, "--out", str(tmp_path / "fresh")])).model.state_dict()
     name = "model.language_model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(fresh[name], a[name])
+
+
+def test_time_cap_stops_training_but_lets_the_run_finish(tmp_path):
+    torch.manual_seed(0)
+    trainer = recipe.Trainer(recipe.parse_args([*TINY, "--out", str(tmp_path), "--train-minutes", "1e-9"]))
+    with torch.enable_grad():
+        ready = trainer.run()
+    assert ready and trainer.cut_short  # finish() (test evaluation, final folder) runs next
+    assert trainer.state["cut_short_at"] == {"step_a": 1, "step_b": 0}
+    assert (tmp_path / "last.pt").is_file()

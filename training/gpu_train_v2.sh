@@ -25,7 +25,7 @@ mkdir -p "$CKPT" "$OUT"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, \
 torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')" | tee "$OUT/train.log"
 python3 training/train_default_v2.py --device "$DEVICE" --workers 8 --threads 4 --out "$CKPT" \
-    --init-vision src/fastv/models/default --test-images 100 "$@" 2>&1 | grep --line-buffered -v '^eval:' \
+    --init-vision src/fastv/models/default --test-images 100 --train-minutes "${TRAIN_MINUTES:-5}" "$@" 2>&1 | grep --line-buffered -v '^eval:' \
     | tee -a "$OUT/train.log"
 python3 training/measure_default.py --model "$CKPT/final" --out "$CKPT/measure" --images "$MEASURE_IMAGES" --bar 2>&1 \
     | grep --line-buffered -v 'it/s\]$' | tee "$OUT/measure.log" || echo "measure failed (see measure.log)"

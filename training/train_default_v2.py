@@ -84,6 +84,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-images", type=int, default=12)
     p.add_argument("--test-images", type=int, default=100)
     p.add_argument("--stop-after", type=int, default=0, help="checkpoint and exit after this many steps (0: run on)")
+    p.add_argument(
+        "--train-minutes",
+        type=float,
+        default=0.0,
+        help="wall-clock cap on this invocation's training: then checkpoint, evaluate and write final (0: none)",
+    )
     # One thread: on a 2-core machine shared with other jobs, two OpenMP threads slowed steps 4-10x.
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workers", type=int, default=0, help="data worker processes (GPU runs: 4-8)")
@@ -200,7 +206,8 @@ class Trainer:
         self.state: dict = {"step_a": 0, "step_b": 0, "elapsed": 0.0, "cpu_seconds": 0.0, "val": []}
         self.opt_state: dict = {}
         self.steps_this_run = 0
-        self.last_save = time.time()
+        self.started = self.last_save = time.time()
+        self.cut_short = False
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=not self.args.no_bf16)
@@ -229,10 +236,14 @@ class Trainer:
         self.last_save = time.time()
 
     def after_step(self, phase: str, opt: torch.optim.Optimizer, done: bool) -> bool:
-        """Checkpoint when due; True when this invocation should stop (``--stop-after``)."""
+        """Checkpoint when due; True when this invocation should stop (``--stop-after``, ``--train-minutes``)."""
         self.opt_state = {"phase": phase, "state": opt.state_dict()}
         self.steps_this_run += 1
         stop = bool(self.args.stop_after) and self.steps_this_run >= self.args.stop_after
+        if self.args.train_minutes and time.time() - self.started >= 60 * self.args.train_minutes and not done:
+            self.cut_short = stop = True
+            self.state["cut_short_at"] = {"step_a": self.state["step_a"], "step_b": self.state["step_b"]}
+            print(f"--train-minutes {self.args.train_minutes} reached: stopping training here", flush=True)
         if done or stop or time.time() - self.last_save >= 60 * self.args.ckpt_minutes:
             self.save()
         return stop
@@ -352,7 +363,7 @@ class Trainer:
         print(f"vision tower + projector from {path}; phase A skipped", flush=True)
 
     def run(self) -> bool:
-        """Train until done or ``--stop-after``; True when both phases are complete."""
+        """Train until done or stopped; True when the model is ready to finish (both phases done, or time up)."""
         if self.args.resume and self.ckpt.exists():
             self.load()
         elif self.args.init_vision is not None:
@@ -360,9 +371,9 @@ class Trainer:
         self.state.setdefault("commands", []).append("python " + " ".join(sys.argv))
         self.state["args"] = {k: str(v) for k, v in vars(self.args).items()}
         if self.state["step_a"] < self.args.phase_a_steps and self.phase_a():
-            return False
+            return self.cut_short
         if self.state["step_b"] < self.args.phase_b_steps and self.phase_b():
-            return False
+            return self.cut_short
         return True
 
     def finish(self) -> dict:
@@ -384,6 +395,8 @@ class Trainer:
             "device": str(self.device),
             "commands": self.state["commands"],
             "args": self.state["args"],
+            "phase_b_steps_done": self.state["step_b"],
+            "cut_short_at": self.state.get("cut_short_at"),
             "phase_b_final_loss_ema": self.state.get("loss_b"),
             "validation": self.state["val"],
             "test": {},
