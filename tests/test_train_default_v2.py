@@ -15,7 +15,7 @@ from fastv.datasets import shapes
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "training"))
 
 import train_default_v2 as recipe  # noqa: E402
-from model_setup import SYSTEM_PROMPT, build_model, build_processor  # noqa: E402
+from model_setup import SYSTEM_PROMPT, build_model_v2, build_processor  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +59,7 @@ def test_inference_prompt_ends_like_llava(processor):
 
 def test_default_size_fits_the_limit(processor):
     args = recipe.parse_args([])
-    model = build_model(
-        processor.tokenizer, args.text_layers, args.text_hidden, args.text_intermediate, max_positions=1024
-    )
+    model = build_model_v2(processor.tokenizer, args.text_layers, args.text_hidden, args.text_intermediate)
     assert 8 <= args.text_layers <= 12
     assert 4 * sum(p.numel() for p in model.parameters()) <= recipe.MAX_WEIGHT_BYTES
 

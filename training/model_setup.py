@@ -143,3 +143,10 @@ def build_model(
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     return model
+
+
+def build_model_v2(
+    tokenizer: PreTrainedTokenizerFast, text_layers: int = 10, text_hidden: int = 256, text_intermediate: int = 768
+) -> LlavaForConditionalGeneration:
+    """Recipe v2's LLaVA: a deeper Llama, and room for a system prompt and several long turns per image."""
+    return build_model(tokenizer, text_layers, text_hidden, text_intermediate, max_positions=1024)

@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from model_setup import NUM_IMAGE_TOKENS, SYSTEM_PROMPT, build_model, build_processor  # noqa: E402
+from model_setup import NUM_IMAGE_TOKENS, SYSTEM_PROMPT, build_model_v2, build_processor  # noqa: E402
 from train_default import HEADS, lr_at, patch_labels, pixel_values, save_ckpt, scenes_for  # noqa: E402
 
 from fastv.datasets import shapes  # noqa: E402
@@ -191,12 +191,8 @@ class Trainer:
         self.args = args
         self.device = torch.device(args.device)
         self.processor = build_processor("v2")
-        self.model = build_model(
-            self.processor.tokenizer,
-            text_layers=args.text_layers,
-            text_hidden=args.text_hidden,
-            text_intermediate=args.text_intermediate,
-            max_positions=1024,
+        self.model = build_model_v2(
+            self.processor.tokenizer, args.text_layers, args.text_hidden, args.text_intermediate
         ).to(self.device)
         n_bytes = 4 * sum(p.numel() for p in self.model.parameters())
         if n_bytes > MAX_WEIGHT_BYTES:
