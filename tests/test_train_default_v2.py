@@ -108,3 +108,17 @@ def test_time_cap_stops_training_but_lets_the_run_finish(tmp_path):
     assert ready and trainer.cut_short  # finish() (test evaluation, final folder) runs next
     assert trainer.state["cut_short_at"] == {"step_a": 1, "step_b": 0}
     assert (tmp_path / "last.pt").is_file()
+
+
+def test_fit_minutes_shortens_phase_b_to_the_time_left(tmp_path, monkeypatch):
+    monkeypatch.setattr(recipe, "FIT_PROBE_STEPS", 2)
+    args = [*TINY, "--phase-b-steps", "1000", "--out", str(tmp_path), "--fit-minutes", "1e-6"]
+    torch.manual_seed(0)
+    trainer = recipe.Trainer(recipe.parse_args(args))
+    with torch.enable_grad():
+        assert trainer.run()  # ran to the (fitted) end of phase B
+    assert trainer.state["fitted_total_b"] == 3  # no time left: one more step after the two timed ones
+    assert trainer.state["step_b"] == 3
+    resumed = recipe.Trainer(recipe.parse_args([*args, "--resume"]))
+    with torch.enable_grad():
+        assert resumed.run() and resumed.state["step_b"] == 3  # the fitted length is kept on resume

@@ -6,7 +6,9 @@
 # Why a script: a GPU lease is short and files come back only from $OUT, at most 8 files of 16 MiB,
 # while the model is ~37 MB. So this trains (train_default_v2.py --device cuda, bf16 autocast, data
 # built by worker processes), measures (measure_default.py: attention shape + the FastV bar), and
-# packs the model folder, report and measurements as one tar split into 15 MB parts in $OUT:
+# packs the model folder, report and measurements as one tar split into 15 MB parts in $OUT.
+# Phase B runs at batch 32 for as many of 6000 steps as fit in FIT_MINUTES (4) of training, timed on
+# its first steps; TRAIN_MINUTES (5.5) is a hard cap. The whole call takes about 8-9 minutes. Unpack:
 #   cat default_v2.tar.part-* | tar xf - -C /work/ckpt/default_v2_gpu
 # If .whl/ holds wheels (transformers 5.23, regex; see training/README lines in the report), they are
 # installed first so the GPU machine runs the transformers version the package is tested with.
@@ -19,13 +21,15 @@ fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 CKPT=${CKPT:-/tmp/default_v2}
 DEVICE=${DEVICE:-cuda}
-MEASURE_IMAGES=${MEASURE_IMAGES:-30}
+MEASURE_IMAGES=${MEASURE_IMAGES:-20}
 OUT=${OUT:-$CKPT/out}
 mkdir -p "$CKPT" "$OUT"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, \
 torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')" | tee "$OUT/train.log"
 python3 training/train_default_v2.py --device "$DEVICE" --workers 8 --threads 4 --out "$CKPT" \
-    --init-vision src/fastv/models/default --test-images 100 --train-minutes "${TRAIN_MINUTES:-5}" "$@" 2>&1 | grep --line-buffered -v '^eval:' \
+    --init-vision src/fastv/models/default --test-images 100 \
+    --phase-b-batch 32 --phase-b-steps 6000 --val-every 500 --log-every 100 \
+    --fit-minutes "${FIT_MINUTES:-4}" --train-minutes "${TRAIN_MINUTES:-5.5}" "$@" 2>&1 | grep --line-buffered -v '^eval:' \
     | tee -a "$OUT/train.log"
 python3 training/measure_default.py --model "$CKPT/final" --out "$CKPT/measure" --images "$MEASURE_IMAGES" --bar 2>&1 \
     | grep --line-buffered -v 'it/s\]$' | tee "$OUT/measure.log" || echo "measure failed (see measure.log)"

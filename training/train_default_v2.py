@@ -52,6 +52,7 @@ from fastv.default_model import exact_match  # noqa: E402
 
 DEFAULT_OUT = Path("/work/ckpt/default_v2")
 MAX_WEIGHT_BYTES = 40 * 1024 * 1024
+FIT_PROBE_STEPS = 30  # steps timed before --fit-minutes sets phase B's length (inside the 100-step warm-up)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -84,6 +85,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-images", type=int, default=12)
     p.add_argument("--test-images", type=int, default=100)
     p.add_argument("--stop-after", type=int, default=0, help="checkpoint and exit after this many steps (0: run on)")
+    p.add_argument(
+        "--fit-minutes",
+        type=float,
+        default=0.0,
+        help="fit phase B's length (and its cosine schedule) to this many wall minutes, timed on the first steps",
+    )
     p.add_argument(
         "--train-minutes",
         type=float,
@@ -300,12 +307,14 @@ class Trainer:
         if self.opt_state.get("phase") == "B":
             opt.load_state_dict(self.opt_state["state"])
         val = shapes.eval_samples("validation", args.val_images, shapes.ALL_KINDS, style="long")
-        for batch in batches(PhaseBBatches(args, self.processor, self.state["step_b"]), args.workers):
+        first, t_first = self.state["step_b"], time.time()
+        for batch in batches(PhaseBBatches(args, self.processor, first), args.workers):
             t0, c0 = time.time(), time.process_time()
             model.train()
             step = int(batch["step"])
+            total = self.state.get("fitted_total_b") or args.phase_b_steps
             for g in opt.param_groups:
-                g["lr"] = lr_at(step, args.phase_b_steps, args.lr_b, warmup=100)
+                g["lr"] = lr_at(step, total, args.lr_b, warmup=100)
             inputs = {k: v.to(self.device) for k, v in batch.items() if k != "step"}
             with self.autocast():
                 loss = model(**inputs).loss
@@ -319,20 +328,31 @@ class Trainer:
             ema = self.state.get("loss_b")
             self.state["loss_b"] = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
             if (step + 1) % args.log_every == 0:
-                self.log(
-                    "B",
-                    step + 1,
-                    args.phase_b_steps,
-                    self.state["loss_b"],
-                    t0,
-                    c0,
-                    f"lr {opt.param_groups[0]['lr']:.1e}",
-                )
+                lr = f"lr {opt.param_groups[0]['lr']:.1e}"
+                self.log("B", step + 1, total, self.state["loss_b"], t0, c0, lr)
             if args.val_every and (step + 1) % args.val_every == 0:
                 self.validate(val, step + 1)
-            if self.after_step("B", opt, step + 1 == args.phase_b_steps):
+            if args.fit_minutes and "fitted_total_b" not in self.state and step + 1 - first == FIT_PROBE_STEPS:
+                self.fit_schedule(step + 1, (time.time() - t_first) / FIT_PROBE_STEPS)
+            done = step + 1 >= (self.state.get("fitted_total_b") or args.phase_b_steps)
+            if self.after_step("B", opt, done):
                 return True
+            if done:
+                return False
         return False
+
+    def fit_schedule(self, step: int, seconds_per_step: float) -> None:
+        """Shorten phase B so it ends within ``--fit-minutes`` of this invocation's start, at the measured speed.
+
+        Decided once, during the warm-up (whose learning rate does not depend on the total), and kept
+        in the checkpoint, so a resumed run follows the same schedule.
+        """
+        left = 60 * self.args.fit_minutes - (time.time() - self.started)
+        fitted = min(self.args.phase_b_steps, step + max(1, int(0.9 * left / seconds_per_step)))
+        self.state["fitted_total_b"] = fitted
+        print(
+            f"{seconds_per_step:.3f} s/step: phase B fitted to {fitted} steps (--fit-minutes {self.args.fit_minutes})"
+        )
 
     def validate(self, samples: list[shapes.Sample], step: int) -> None:
         t1 = time.time()
@@ -368,7 +388,7 @@ class Trainer:
         self.state["args"] = {k: str(v) for k, v in vars(self.args).items()}
         if self.state["step_a"] < self.args.phase_a_steps and self.phase_a():
             return self.cut_short
-        if self.state["step_b"] < self.args.phase_b_steps and self.phase_b():
+        if self.state["step_b"] < (self.state.get("fitted_total_b") or self.args.phase_b_steps) and self.phase_b():
             return self.cut_short
         return True
 
@@ -392,6 +412,7 @@ class Trainer:
             "commands": self.state["commands"],
             "args": self.state["args"],
             "phase_b_steps_done": self.state["step_b"],
+            "phase_b_fitted_total": self.state.get("fitted_total_b"),
             "cut_short_at": self.state.get("cut_short_at"),
             "phase_b_final_loss_ema": self.state.get("loss_b"),
             "validation": self.state["val"],
