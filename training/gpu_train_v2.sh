@@ -10,7 +10,7 @@
 # Phase B runs at batch 32 for as many of 6000 steps as fit in FIT_MINUTES (4) of training, timed on
 # its first steps; TRAIN_MINUTES (5.5) is a hard cap. The whole call takes about 8-9 minutes. Unpack:
 #   cat default_v2.tar.part-* | tar xf - -C /work/ckpt/default_v2_gpu
-# If .whl/ holds wheels (transformers 5.23, regex; see training/README lines in the report), they are
+# If .whl/ holds wheels (transformers==5.23.0 and regex, for cp312 manylinux, via `pip download`), they are
 # installed first so the GPU machine runs the transformers version the package is tested with.
 set -euo pipefail
 cd "$(dirname "$0")/.."
