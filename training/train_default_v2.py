@@ -22,7 +22,9 @@ curriculum: only short turns before that step).
 
 Every step's data is a pure function of (seed, step), and checkpoints (every ``--ckpt-minutes``,
 written atomically outside the repository) hold the model, the optimiser and the counters, so a
-resumed run continues bit for bit as if it had never stopped. The end writes ``OUT/final`` (a model
+resumed run continues bit for bit as if it had never stopped. ``kill PID`` (SIGTERM) checkpoints at
+the end of the current step and exits. ``--fit-minutes`` / ``--train-minutes`` fit a run to a short
+GPU lease (``training/gpu_train_v2.sh``). The end writes ``OUT/final`` (a model
 folder `fastv.load_default(path=...)` reads) and ``OUT/report.json`` (test exact match per kind);
 installing it as the shipped default is a separate, deliberate step (``training/export_checkpoint.py``).
 """
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -211,6 +214,7 @@ class Trainer:
         self.steps_this_run = 0
         self.started = self.last_save = time.time()
         self.cut_short = False
+        self.interrupted = False
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=not self.args.no_bf16)
@@ -242,7 +246,7 @@ class Trainer:
         """Checkpoint when due; True when this invocation should stop (``--stop-after``, ``--train-minutes``)."""
         self.opt_state = {"phase": phase, "state": opt.state_dict()}
         self.steps_this_run += 1
-        stop = bool(self.args.stop_after) and self.steps_this_run >= self.args.stop_after
+        stop = (bool(self.args.stop_after) and self.steps_this_run >= self.args.stop_after) or self.interrupted
         if self.args.train_minutes and time.time() - self.started >= 60 * self.args.train_minutes and not done:
             self.cut_short = stop = True
             self.state["cut_short_at"] = {"step_a": self.state["step_a"], "step_b": self.state["step_b"]}
@@ -433,6 +437,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     trainer = Trainer(args)
+
+    def interrupt(signum, frame) -> None:  # `kill PID`: checkpoint at the end of the current step, then exit
+        trainer.interrupted = True
+
+    signal.signal(signal.SIGTERM, interrupt)
     if trainer.run():
         trainer.finish()
     else:
