@@ -122,3 +122,22 @@ def test_fit_minutes_shortens_phase_b_to_the_time_left(tmp_path, monkeypatch):
     resumed = recipe.Trainer(recipe.parse_args([*args, "--resume"]))
     with torch.enable_grad():
         assert resumed.run() and resumed.state["step_b"] == 3  # the fitted length is kept on resume
+
+
+def test_sigterm_checkpoints_and_exits(tmp_path):
+    import os
+    import signal
+    import subprocess
+
+    script = Path(recipe.__file__)
+    args = [*TINY, "--phase-b-steps", "100000", "--log-every", "1", "--out", str(tmp_path), "--threads", "1"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE, text=True, env=env)
+    for line in proc.stdout:
+        if " B step 2/" in line:  # training is under way in phase B
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0 and "continue with --resume" in rest
+    saved = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert saved["step_a"] == 2 and 2 <= saved["step_b"] < 100000
