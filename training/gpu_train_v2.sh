@@ -6,7 +6,8 @@
 # Why a script: a GPU lease is short and files come back only from $OUT, at most 8 files of 16 MiB,
 # while the model is ~37 MB. So this trains (train_default_v2.py --device cuda, bf16 autocast, data
 # built by worker processes), measures (measure_default.py: attention shape + the FastV bar), and
-# packs the model folder, report and measurements as one tar split into 15 MB parts in $OUT.
+# packs the model folder and report as one tar split into 15 MB parts in $OUT, beside the log,
+# measure.json, allocation_mean.png and summary.md (7 files).
 # Phase B runs at batch 32 for as many of 6000 steps as fit in FIT_MINUTES (4) of training, timed on
 # its first steps; TRAIN_MINUTES (5.5) is a hard cap. The whole call takes about 8-9 minutes. Unpack:
 #   cat default_v2.tar.part-* | tar xf - -C /work/ckpt/default_v2_gpu
@@ -31,9 +32,11 @@ python3 training/train_default_v2.py --device "$DEVICE" --workers 8 --threads 4 
     --phase-b-batch 32 --phase-b-steps 6000 --val-every 500 --log-every 100 \
     --fit-minutes "${FIT_MINUTES:-4}" --train-minutes "${TRAIN_MINUTES:-5.5}" "$@" 2>&1 | grep --line-buffered -v '^eval:' \
     | tee -a "$OUT/train.log"
+# The model first, so a measurement that runs out of time still leaves it in $OUT.
+tar cf - -C "$CKPT" final report.json | split -b 15M -d - "$OUT/default_v2.tar.part-"
 python3 training/measure_default.py --model "$CKPT/final" --out "$CKPT/measure" --images "$MEASURE_IMAGES" --bar 2>&1 \
-    | grep --line-buffered -v 'it/s\]$' | tee "$OUT/measure.log" || echo "measure failed (see measure.log)"
-tar cf - -C "$CKPT" final report.json $(cd "$CKPT" && ls -d measure/measure.json measure/analysis/aggregate.json \
-    measure/analysis/allocation_mean.png measure/fastv/summary.md measure/fastv/summary.json 2>/dev/null) \
-    | split -b 15M -d - "$OUT/default_v2.tar.part-"
+    | grep --line-buffered -v 'it/s\]$' | tee -a "$OUT/train.log" || echo "measure failed (see train.log)"
+for f in measure.json analysis/allocation_mean.png fastv/summary.md; do
+    if [ -f "$CKPT/measure/$f" ]; then cp "$CKPT/measure/$f" "$OUT/"; fi
+done
 ls -la "$OUT"
