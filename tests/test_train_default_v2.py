@@ -45,6 +45,23 @@ def test_packed_turns_are_exactly_what_the_chat_template_renders(processor):
     assert target == want
 
 
+def test_bare_curriculum_turns_answer_right_after_the_key_word(processor):
+    scene = shapes.make_scene(shapes.split_seed("train", 5))
+    args = recipe.parse_args(["--bare-until", "10"])
+    early, late = recipe.turns(scene, args, 9, 0), recipe.turns(scene, args, 10, 0)
+    assert all(len(qa.question.split()) <= 5 for qa in early)  # terse style only while bare
+    assert any(len(qa.question.split()) > 10 for qa in late)
+    encoder = recipe.Encoder(processor.tokenizer)
+    ids, labels = encoder.conversation(early, bare=True)
+    tokens = processor.tokenizer.convert_ids_to_tokens(ids)
+    assert "ASSISTANT" not in tokens and tokens.count("USER") == len(early)
+    first_answer = next(i for i, t in enumerate(labels) if t >= 0)
+    assert tokens[first_answer - 1] == early[0].question.split()[-1]  # answered where the key word is read
+    assert (
+        processor.tokenizer.decode(ids[first_answer : first_answer + len(early[0].answer.split())]) == early[0].answer
+    )
+
+
 def test_inference_prompt_ends_like_llava(processor):
     from fastv.loading import chat_text
 

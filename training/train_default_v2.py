@@ -18,7 +18,10 @@ LLaVA, tower frozen, on several question/answer turns packed after each image in
 template's format (loss on the answers). A share of the turns use the terse "short" style
 (``color b3``), which keeps the question's key word next to ``ASSISTANT:`` and so teaches where to
 look before the long phrasing has to carry it across ~15 tokens (``--short-until`` makes that a
-curriculum: only short turns before that step).
+curriculum: only short turns before that step). ``--bare-until`` goes one step further, the curriculum
+the design notes propose: before that step the terse question is answered right after its last word,
+with no ``ASSISTANT:`` (the first default model's format, which learned to look a cell up quickly),
+so the look-up exists before the template asks the model to carry the cell to the last token.
 
 Every step's data is a pure function of (seed, step), and checkpoints (every ``--ckpt-minutes``,
 written atomically outside the repository) hold the model, the optimiser and the counters, so a
@@ -87,6 +90,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr-b", type=float, default=1e-3)
     p.add_argument("--short-share", type=float, default=0.3, help="share of turns in the terse style")
     p.add_argument("--short-until", type=int, default=0, help="curriculum: only terse turns before this B step")
+    p.add_argument(
+        "--bare-until",
+        type=int,
+        default=0,
+        help="curriculum: before this B step, terse turns answered right after their last word (no ASSISTANT:)",
+    )
     p.add_argument("--ckpt-minutes", type=float, default=3.0)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--val-every", type=int, default=100)
@@ -129,12 +138,12 @@ class Encoder:
             raise ValueError(f"words outside the vocabulary in {text!r}")
         return out
 
-    def conversation(self, qas: list[shapes.QA]) -> tuple[list[int], list[int]]:
+    def conversation(self, qas: list[shapes.QA], bare: bool = False) -> tuple[list[int], list[int]]:
         """``<s>SYSTEM USER: <image>*144 q1 ASSISTANT: a1</s> USER: q2 ASSISTANT: a2</s>...``; labels on answers."""
         ids = [self.bos, *self.system, *self.user, *[self.image] * NUM_IMAGE_TOKENS]
         labels = [-100] * len(ids)
         for i, qa in enumerate(qas):
-            prompt = (self.user if i else []) + self.ids(qa.question) + self.assistant
+            prompt = (self.user if i else []) + self.ids(qa.question) + ([] if bare else self.assistant)
             answer = self.ids(qa.answer) + [self.eos]
             ids += prompt + answer
             labels += [-100] * len(prompt) + answer
@@ -145,7 +154,7 @@ def turns(scene: shapes.Scene, args: argparse.Namespace, step: int, j: int) -> l
     """The question/answer turns about one training image: every kind, some terse, the rest long."""
     seed = (args.seed * 1_000_003 + step) * 4099 + j
     rng = random.Random(seed)
-    short_share = 1.0 if step < args.short_until else args.short_share
+    short_share = 1.0 if step < max(args.short_until, args.bare_until) else args.short_share
     kinds = list(shapes.ALL_KINDS)
     rng.shuffle(kinds)
     return [
@@ -167,7 +176,8 @@ class PhaseBBatches(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         step = self.first + i
         scenes = scenes_for(self.args.seed, "B", step, self.args.phase_b_batch)
-        seqs = [self.encoder.conversation(turns(s, self.args, step, j)) for j, s in enumerate(scenes)]
+        bare = step < self.args.bare_until
+        seqs = [self.encoder.conversation(turns(s, self.args, step, j), bare) for j, s in enumerate(scenes)]
         width = max(len(ids) for ids, _ in seqs)
         pad = self.processor.tokenizer.pad_token_id
         return {
