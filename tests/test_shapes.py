@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -119,3 +120,81 @@ def test_kinds_are_balanced_in_training_questions():
     qas = shapes.questions(shapes.make_scene(3), 14)
     kinds = [q.kind for q in qas]
     assert all(kinds.count(k) == 2 for k in shapes.KINDS)
+
+
+def test_scene_level_answers_are_consistent_with_the_scene():
+    # Each answer recomputed here from the objects, independently of shapes.ask's code.
+    for i in range(300):
+        scene = shapes.make_scene(i)
+        rng = random.Random(i)
+        for kind in shapes.SCENE_KINDS:
+            qa = shapes.ask(scene, kind, rng)
+            if kind == "total":
+                assert qa.answer == str(len(scene.objects))
+            elif kind == "colors":
+                assert qa.answer.split() == [c for c in shapes.COLORS if any(o.color == c for o in scene.objects)]
+            elif kind == "common":
+                counts = Counter(o.color for o in scene.objects)
+                best = max(counts.values())
+                winners = [c for c, n in counts.items() if n == best]
+                assert qa.answer == (winners[0] if len(winners) == 1 else "tie")
+            elif kind == "anyleft":
+                _, color, _, _, shape = qa.question.split()
+                xs = [int(o.cell[0], 36) for o in scene.objects if o.color == color]  # a..d -> 10..13
+                ys = [int(o.cell[0], 36) for o in scene.objects if o.shape == shape]
+                assert (qa.answer == "yes") == (bool(xs) and bool(ys) and min(xs) < max(ys))
+
+
+def test_scene_level_answers_are_not_guessable():
+    # No answer dominates a kind, so a model must look at the whole scene to score.
+    samples = shapes.eval_samples("validation", 400, shapes.SCENE_KINDS)
+    for kind in shapes.SCENE_KINDS:
+        answers = Counter(s.answer for s in samples if s.kind == kind)
+        assert len(answers) >= 2
+        assert max(answers.values()) / sum(answers.values()) < 0.6, (kind, answers.most_common(3))
+
+
+def test_long_style_asks_the_same_question_in_llava_words():
+    for i in range(100):
+        scene = shapes.make_scene(i)
+        for kind in shapes.ALL_KINDS:
+            short = shapes.ask(scene, kind, random.Random(i))
+            long = shapes.ask(scene, kind, random.Random(i), style="long")
+            assert long.answer == short.answer and long.kind == kind
+            words = shapes.words_of(long.question)
+            assert set(words) <= set(shapes.WORDS)
+            assert 12 <= len(words) <= 40  # a realistic instruction, not a key word
+            assert long.question.endswith("Answer the question using a single word or phrase.")
+            # The slot values of the short question appear in the long one (same cell, colour, shape).
+            for w in short.question.split():
+                if w in shapes.CELLS or w in shapes.COLORS:
+                    assert w in words
+
+
+def test_the_first_models_questions_and_words_are_unchanged():
+    # The shipped model was trained and evaluated on these; adding kinds must not move them.
+    first = shapes.eval_samples("test", 2)
+    assert [(s.kind, s.question, s.answer) for s in first[:3]] == [
+        ("color", "color a3", "blue"),
+        ("shape", "shape d1", "diamond"),
+        ("describe", "describe d2", "large blue square"),
+    ]
+    assert shapes.WORDS[:8] == ("color", "shape", "describe", "count", "exists", "left", "above", "of")
+    assert len(set(shapes.WORDS)) == len(shapes.WORDS)
+
+
+def test_a_kinds_question_does_not_depend_on_the_other_kinds_asked():
+    every = {(s.seed, s.kind): s for s in shapes.eval_samples("test", 10, shapes.ALL_KINDS)}
+    some = shapes.eval_samples("test", 10, ("count", "colors"), style="short")
+    assert all(every[(s.seed, s.kind)] == s for s in some)
+    assert len(shapes.eval_samples("test", 4, shapes.ALL_KINDS, style="long")) == 4 * len(shapes.ALL_KINDS)
+
+
+def test_bad_kind_or_style_is_refused():
+    scene = shapes.make_scene(0)
+    with pytest.raises(ValueError, match="unknown kind"):
+        shapes.ask(scene, "colour", random.Random(0))
+    with pytest.raises(ValueError, match="unknown style"):
+        shapes.ask(scene, "color", random.Random(0), style="verbose")
+    with pytest.raises(ValueError, match="unknown kinds"):
+        shapes.eval_samples("test", 1, ("total", "sizes"))

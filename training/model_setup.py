@@ -1,7 +1,12 @@
-"""Build the default model's tokenizer, processor and (untrained) LLaVA model from scratch.
+"""Build the default models' tokenizers, processors and (untrained) LLaVA models from scratch.
 
-The tokenizer is word-level over `fastv.zoo.datasets.shapes.WORDS`: every cell, colour and shape name is
+The tokenizers are word-level over `fastv.zoo.datasets.shapes.WORDS`: every cell, colour and shape name is
 one token, which lets a small language model look a cell up in one attention step.
+
+Two recipes share these builders. The first default model (``recipe="v1"``) reads terse prompts with
+no template (``<s><image> color b3``). The second (``recipe="v2"``) is prompted the way LLaVA-1.5 is:
+LLaVA-1.5's system prompt, then ``USER: <image>\\n<instruction> ASSISTANT:``, with a deeper Llama, so
+that the last prompt token has a system prompt to attend to besides the image (the paper's setting).
 """
 
 from __future__ import annotations
@@ -38,12 +43,44 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {w: i for i, w in enumerate((*SPECIALS, *shapes.WORDS))}
-    return word_level_tokenizer(vocab, CHAT_TEMPLATE)
+# LLaVA-1.5's conversation format ("vicuna_v1"): its system prompt, then USER/ASSISTANT turns, each
+# answer closed by </s>. A "system" message replaces the default system prompt.
+SYSTEM_PROMPT = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+LLAVA_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if messages and messages[0]['role'] == 'system' %}"
+    "{% set system = messages[0]['content'] if messages[0]['content'] is string "
+    "else messages[0]['content'][0]['text'] %}{% set turns = messages[1:] %}"
+    "{% else %}{% set system = '" + SYSTEM_PROMPT.replace("'", "\\'") + "' %}{% set turns = messages %}{% endif %}"
+    "{{ system }}"
+    "{% for message in turns %}"
+    "{% if message['content'] is string %}{% set parts = [{'type': 'text', 'text': message['content']}] %}"
+    "{% else %}{% set parts = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'assistant' %} ASSISTANT:"
+    "{% for part in parts %}{% if part['type'] == 'text' %} {{ part['text'] | trim }}{% endif %}{% endfor %}"
+    "{{ eos_token }}"
+    "{% else %} USER:"
+    "{% for part in parts %}{% if part['type'] == 'image' %} <image>\n{% endif %}{% endfor %}"
+    "{% for part in parts %}{% if part['type'] == 'text' %} {{ part['text'] | trim }}{% endif %}{% endfor %}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %} ASSISTANT:{% endif %}"
+)
+RECIPES = ("v1", "v2")
 
 
-def build_processor() -> LlavaProcessor:
+def build_tokenizer(recipe: str = "v1") -> PreTrainedTokenizerFast:
+    if recipe == "v1":
+        vocab = {w: i for i, w in enumerate((*SPECIALS, *shapes.WORDS))}
+        return word_level_tokenizer(vocab, CHAT_TEMPLATE)
+    words = dict.fromkeys((*SPECIALS, *shapes.words_of(SYSTEM_PROMPT + " USER: ASSISTANT:"), *shapes.WORDS))
+    return word_level_tokenizer({w: i for i, w in enumerate(words)}, LLAVA_CHAT_TEMPLATE, split_punctuation=True)
+
+
+def build_processor(recipe: str = "v1") -> LlavaProcessor:
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": shapes.IMAGE_SIZE},
         crop_size={"height": shapes.IMAGE_SIZE, "width": shapes.IMAGE_SIZE},
@@ -53,15 +90,22 @@ def build_processor() -> LlavaProcessor:
     )
     return LlavaProcessor(
         image_processor=image_processor,
-        tokenizer=build_tokenizer(),
+        tokenizer=build_tokenizer(recipe),
         patch_size=shapes.PATCH_SIZE,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,  # the CLIP tower's class token, dropped by the "default" strategy
-        chat_template=CHAT_TEMPLATE,
+        chat_template=CHAT_TEMPLATE if recipe == "v1" else LLAVA_CHAT_TEMPLATE,
     )
 
 
-def build_model(tokenizer: PreTrainedTokenizerFast) -> LlavaForConditionalGeneration:
+def build_model(
+    tokenizer: PreTrainedTokenizerFast,
+    text_layers: int = 6,
+    text_hidden: int = 256,
+    text_intermediate: int = 768,
+    max_positions: int = 512,
+) -> LlavaForConditionalGeneration:
+    """The LLaVA: a 3-layer CLIP tower (128 wide) and a Llama of `text_layers` x `text_hidden`."""
     vision = CLIPVisionConfig(
         hidden_size=128,
         intermediate_size=512,
@@ -73,12 +117,12 @@ def build_model(tokenizer: PreTrainedTokenizerFast) -> LlavaForConditionalGenera
     )
     text = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=256,
-        intermediate_size=768,
-        num_hidden_layers=6,
+        hidden_size=text_hidden,
+        intermediate_size=text_intermediate,
+        num_hidden_layers=text_layers,
         num_attention_heads=4,
         num_key_value_heads=4,
-        max_position_embeddings=512,
+        max_position_embeddings=max_positions,
         tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
@@ -99,3 +143,10 @@ def build_model(tokenizer: PreTrainedTokenizerFast) -> LlavaForConditionalGenera
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     return model
+
+
+def build_model_v2(
+    tokenizer: PreTrainedTokenizerFast, text_layers: int = 10, text_hidden: int = 256, text_intermediate: int = 768
+) -> LlavaForConditionalGeneration:
+    """Recipe v2's LLaVA: a deeper Llama, and room for a system prompt and several long turns per image."""
+    return build_model(tokenizer, text_layers, text_hidden, text_intermediate, max_positions=1024)

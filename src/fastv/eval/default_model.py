@@ -12,16 +12,20 @@ from collections.abc import Sequence
 from PIL import Image
 
 from fastv.core.hf.chat import chat_text
+from fastv.loading import to_model
 from fastv.run import generate
 
 
 def answer(
-    model, processor, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 4
+    model, processor, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 6
 ) -> list[str]:
-    """Greedy answers to one question per image, batched (left padding), the way a user runs it."""
+    """Greedy answers to one question per image, batched (left padding), the way a user runs it.
+
+    Six new tokens cover the longest answer of the shapes world (five colours and </s>).
+    """
     prompts = [chat_text(processor, q, n_images=1, video=False) for q in questions]
     inputs = processor(images=list(images), text=prompts, return_tensors="pt", padding=True)
-    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    inputs = to_model(inputs, model)
     return generate(model, processor, inputs, None, max_new_tokens=max_new_tokens).texts
 
 

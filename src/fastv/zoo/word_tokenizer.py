@@ -10,10 +10,16 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 
-def word_level_tokenizer(vocab: dict[str, int], chat_template: str) -> PreTrainedTokenizerFast:
-    """Whitespace-split words -> ids; `vocab` must hold <pad>, <s>, </s>, <unk> and <image>."""
+def word_level_tokenizer(
+    vocab: dict[str, int], chat_template: str, split_punctuation: bool = False
+) -> PreTrainedTokenizerFast:
+    """Words -> ids; `vocab` must hold <pad>, <s>, </s>, <unk> and <image>.
+
+    Words are split on whitespace; with `split_punctuation` punctuation runs are words of their own
+    (``What color?`` -> ``What``, ``color``, ``?``), as in prompts written for real LLMs.
+    """
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace() if split_punctuation else pre_tokenizers.WhitespaceSplit()
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token="<pad>",

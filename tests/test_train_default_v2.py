@@ -1,0 +1,160 @@
+"""The second default model's recipe: its training turns are the chat template's prompts, it fits the
+size limit, and a run stopped and resumed ends bit for bit where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastv.zoo.datasets import shapes
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "training"))
+
+import train_default_v2 as recipe  # noqa: E402
+from model_setup import SYSTEM_PROMPT, build_model_v2, build_processor  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return build_processor("v2")
+
+
+def test_packed_turns_are_exactly_what_the_chat_template_renders(processor):
+    scene = shapes.make_scene(shapes.split_seed("train", 3))
+    qas = [shapes.ask(scene, k, random.Random(1), style) for k, style in (("color", "long"), ("colors", "short"))]
+    qas.append(shapes.ask(scene, "anyleft", random.Random(2), "long"))
+    ids, labels = recipe.Encoder(processor.tokenizer).conversation(qas)
+    messages = []
+    for i, qa in enumerate(qas):
+        image = [{"type": "image"}] if i == 0 else []
+        messages.append({"role": "user", "content": [*image, {"type": "text", "text": qa.question}]})
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": qa.answer}]})
+    text = processor.apply_chat_template(messages)
+    assert text.startswith("<s>" + SYSTEM_PROMPT + " USER: <image>")
+    expected = processor(images=shapes.render(scene), text=text, return_tensors="pt")["input_ids"][0].tolist()
+    assert ids == expected
+    # Loss only on the answers and their </s>.
+    target = processor.tokenizer.decode([t for t in labels if t >= 0]).split()
+    want = []
+    for qa in qas:
+        want += [*qa.answer.split(), "</s>"]
+    assert target == want
+
+
+def test_bare_curriculum_turns_answer_right_after_the_key_word(processor):
+    scene = shapes.make_scene(shapes.split_seed("train", 5))
+    args = recipe.parse_args(["--bare-until", "10"])
+    early, late = recipe.turns(scene, args, 9, 0), recipe.turns(scene, args, 10, 0)
+    assert all(len(qa.question.split()) <= 5 for qa in early)  # terse style only while bare
+    assert any(len(qa.question.split()) > 10 for qa in late)
+    encoder = recipe.Encoder(processor.tokenizer)
+    ids, labels = encoder.conversation(early, bare=True)
+    tokens = processor.tokenizer.convert_ids_to_tokens(ids)
+    assert "ASSISTANT" not in tokens and tokens.count("USER") == len(early)
+    first_answer = next(i for i, t in enumerate(labels) if t >= 0)
+    assert tokens[first_answer - 1] == early[0].question.split()[-1]  # answered where the key word is read
+    assert (
+        processor.tokenizer.decode(ids[first_answer : first_answer + len(early[0].answer.split())]) == early[0].answer
+    )
+
+
+def test_inference_prompt_ends_like_llava(processor):
+    from fastv.core.hf.chat import chat_text
+
+    text = chat_text(processor, "What color is the object in cell b3?", n_images=1, video=False)
+    tokens = processor.tokenizer.tokenize(text)
+    assert tokens[-2:] == ["ASSISTANT", ":"]
+    assert tokens.index("<image>") > 25  # the system prompt comes first, as in LLaVA-1.5
+    assert processor.tokenizer.unk_token not in processor.tokenizer.tokenize(
+        " ".join(s.question for s in shapes.eval_samples("test", 3, shapes.ALL_KINDS, style="long"))
+    )
+
+
+def test_default_size_fits_the_limit(processor):
+    args = recipe.parse_args([])
+    model = build_model_v2(processor.tokenizer, args.text_layers, args.text_hidden, args.text_intermediate)
+    assert 8 <= args.text_layers <= 12
+    assert 4 * sum(p.numel() for p in model.parameters()) <= recipe.MAX_WEIGHT_BYTES
+
+
+TINY = [
+    "--text-layers", "2", "--text-hidden", "64", "--text-intermediate", "128",
+    "--phase-a-steps", "2", "--phase-a-batch", "2", "--phase-b-steps", "3", "--phase-b-batch", "2",
+    "--qa-per-image", "2", "--val-every", "0", "--ckpt-minutes", "1000",
+]  # fmt: skip
+
+
+def _train(out: Path, *extra: str) -> recipe.Trainer:
+    torch.manual_seed(0)
+    trainer = recipe.Trainer(recipe.parse_args([*TINY, "--out", str(out), *extra]))
+    with torch.enable_grad():
+        trainer.run()
+    return trainer
+
+
+@pytest.mark.parametrize("stop_after", [1, 3])  # inside phase A; inside phase B
+def test_stopped_and_resumed_run_ends_bit_for_bit_like_an_uninterrupted_one(tmp_path, stop_after):
+    straight = _train(tmp_path / "straight")
+    first = _train(tmp_path / "cut", "--stop-after", str(stop_after))
+    assert (first.state["step_a"], first.state["step_b"]) == ((1, 0) if stop_after == 1 else (2, 1))
+    assert (tmp_path / "cut" / "last.pt").is_file()
+    resumed = _train(tmp_path / "cut", "--resume")
+    assert (resumed.state["step_a"], resumed.state["step_b"]) == (2, 3)
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # The optimiser too, so a resume could go on for more steps and still match.
+    sa, sb = straight.opt_state["state"]["state"], resumed.opt_state["state"]["state"]
+    assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
+    # And the run really trained: the text model moved away from its initialisation.
+    torch.manual_seed(0)
+    fresh = recipe.Trainer(recipe.parse_args([*TINY, "--out", str(tmp_path / "fresh")])).model.state_dict()
+    name = "model.language_model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(fresh[name], a[name])
+
+
+def test_time_cap_stops_training_but_lets_the_run_finish(tmp_path):
+    torch.manual_seed(0)
+    trainer = recipe.Trainer(recipe.parse_args([*TINY, "--out", str(tmp_path), "--train-minutes", "1e-9"]))
+    with torch.enable_grad():
+        ready = trainer.run()
+    assert ready and trainer.cut_short  # finish() (test evaluation, final folder) runs next
+    assert trainer.state["cut_short_at"] == {"step_a": 1, "step_b": 0}
+    assert (tmp_path / "last.pt").is_file()
+
+
+def test_fit_minutes_shortens_phase_b_to_the_time_left(tmp_path, monkeypatch):
+    monkeypatch.setattr(recipe, "FIT_PROBE_STEPS", 2)
+    args = [*TINY, "--phase-b-steps", "1000", "--out", str(tmp_path), "--fit-minutes", "1e-6"]
+    torch.manual_seed(0)
+    trainer = recipe.Trainer(recipe.parse_args(args))
+    with torch.enable_grad():
+        assert trainer.run()  # ran to the (fitted) end of phase B
+    assert trainer.state["fitted_total_b"] == 3  # no time left: one more step after the two timed ones
+    assert trainer.state["step_b"] == 3
+    resumed = recipe.Trainer(recipe.parse_args([*args, "--resume"]))
+    with torch.enable_grad():
+        assert resumed.run() and resumed.state["step_b"] == 3  # the fitted length is kept on resume
+
+
+def test_sigterm_checkpoints_and_exits(tmp_path):
+    import os
+    import signal
+    import subprocess
+
+    script = Path(recipe.__file__)
+    args = [*TINY, "--phase-b-steps", "100000", "--log-every", "1", "--out", str(tmp_path), "--threads", "1"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE, text=True, env=env)
+    for line in proc.stdout:
+        if " B step 2/" in line:  # training is under way in phase B
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0 and "continue with --resume" in rest
+    saved = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert saved["step_a"] == 2 and 2 <= saved["step_b"] < 100000

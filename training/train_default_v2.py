@@ -1,0 +1,471 @@
+"""Train the second default model: a LLaVA prompted the way LLaVA-1.5 is, on CPU or GPU, resumably.
+
+    python training/train_default_v2.py                      # fresh run, checkpoints in /work/ckpt/default_v2
+    python training/train_default_v2.py --resume             # continue exactly where the last checkpoint was
+    python training/train_default_v2.py --device cuda        # same recipe on a GPU (bf16 autocast)
+
+Why a second recipe: FastV rests on the observation that LLaVA-1.5's last prompt token pays the image
+a large share of its attention in layers 0-1 and little after that, while a few system-prompt tokens
+absorb the rest. The first default model reads a few words after the image and nothing else, so it
+shows the opposite. This recipe gives the model LLaVA-1.5's setting: the system prompt before the
+image, ``USER: <image>\\n<instruction> ASSISTANT:``, instructions of realistic length (about 25 words,
+`fastv.zoo.datasets.shapes` "long" style), scene-level questions beside the cell-level ones, and a
+deeper Llama (10 layers by default, ~9 M parameters, < 40 MB).
+
+Phase A pretrains the vision tower + projector with the first recipe's per-patch heads (the patch's
+cell and the object under it), so an answer depends on a few visual tokens. Phase B trains the whole
+LLaVA, tower frozen, on several question/answer turns packed after each image in exactly the chat
+template's format (loss on the answers). A share of the turns use the terse "short" style
+(``color b3``), which keeps the question's key word next to ``ASSISTANT:`` and so teaches where to
+look before the long phrasing has to carry it across ~15 tokens (``--short-until`` makes that a
+curriculum: only short turns before that step). ``--bare-until`` goes one step further, the curriculum
+the design notes propose: before that step the terse question is answered right after its last word,
+with no ``ASSISTANT:`` (the first default model's format, which learned to look a cell up quickly),
+so the look-up exists before the template asks the model to carry the cell to the last token.
+
+Every step's data is a pure function of (seed, step), and checkpoints (every ``--ckpt-minutes``,
+written atomically outside the repository) hold the model, the optimiser and the counters, so a
+resumed run continues bit for bit as if it had never stopped. ``kill PID`` (SIGTERM) checkpoints at
+the end of the current step and exits. ``--fit-minutes`` / ``--train-minutes`` fit a run to a short
+GPU lease (``training/gpu_train_v2.sh``). The end writes ``OUT/final`` (a model
+folder `fastv.load_default(path=...)` reads) and ``OUT/report.json`` (test exact match per kind);
+installing it as the shipped default is a separate, deliberate step (``training/export_checkpoint.py``).
+
+Cost measured on the 2-core CPU (1 thread, bf16 autocast; CPU seconds, the machine being shared):
+phase B about 4.5 s per step of 16 images x 8 turns (~420 tokens), so the default 1500 steps are
+about 1.9 CPU hours; phase A is skipped with ``--init-vision src/fastv/zoo/models/default`` (the first
+default model's tower, which its phase B kept frozen). On one GPU the same recipe runs at batch 32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from model_setup import NUM_IMAGE_TOKENS, SYSTEM_PROMPT, build_model_v2, build_processor  # noqa: E402
+from train_default import HEADS, lr_at, patch_labels, pixel_values, save_ckpt, scenes_for  # noqa: E402
+
+from fastv.zoo.datasets import shapes  # noqa: E402
+from fastv.eval.default_model import exact_match  # noqa: E402
+
+DEFAULT_OUT = Path("/work/ckpt/default_v2")
+MAX_WEIGHT_BYTES = 40 * 1024 * 1024
+FIT_PROBE_STEPS = 30  # steps timed before --fit-minutes sets phase B's length (inside the 100-step warm-up)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="checkpoints, final model and report (not the repo)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]; bf16 autocast on either unless --no-bf16")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--text-layers", type=int, default=10)
+    p.add_argument("--text-hidden", type=int, default=256)
+    p.add_argument("--text-intermediate", type=int, default=768)
+    p.add_argument(
+        "--init-vision",
+        type=Path,
+        default=None,
+        help="a default-model folder whose vision tower + projector to start from; skips phase A",
+    )
+    p.add_argument("--phase-a-steps", type=int, default=600)
+    p.add_argument("--phase-a-batch", type=int, default=32)
+    p.add_argument("--lr-a", type=float, default=2e-3)
+    p.add_argument("--phase-b-steps", type=int, default=1500)
+    p.add_argument("--phase-b-batch", type=int, default=16)
+    p.add_argument("--qa-per-image", type=int, default=8, help="question/answer turns packed after each image")
+    p.add_argument("--lr-b", type=float, default=1e-3)
+    p.add_argument("--short-share", type=float, default=0.3, help="share of turns in the terse style")
+    p.add_argument("--short-until", type=int, default=0, help="curriculum: only terse turns before this B step")
+    p.add_argument(
+        "--bare-until",
+        type=int,
+        default=0,
+        help="curriculum: before this B step, terse turns answered right after their last word (no ASSISTANT:)",
+    )
+    p.add_argument("--ckpt-minutes", type=float, default=3.0)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--val-every", type=int, default=100)
+    p.add_argument("--val-images", type=int, default=12)
+    p.add_argument("--test-images", type=int, default=100)
+    p.add_argument("--stop-after", type=int, default=0, help="checkpoint and exit after this many steps (0: run on)")
+    p.add_argument(
+        "--fit-minutes",
+        type=float,
+        default=0.0,
+        help="fit phase B's length (and its cosine schedule) to this many wall minutes, timed on the first steps",
+    )
+    p.add_argument(
+        "--train-minutes",
+        type=float,
+        default=0.0,
+        help="wall-clock cap on this invocation's training: then checkpoint, evaluate and write final (0: none)",
+    )
+    # One thread: on a 2-core machine shared with other jobs, two OpenMP threads slowed steps 4-10x.
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--workers", type=int, default=0, help="data worker processes (GPU runs: 4-8)")
+    p.add_argument("--no-bf16", action="store_true")
+    return p.parse_args(argv)
+
+
+# ---- data -------------------------------------------------------------------------------------
+class Encoder:
+    """Token ids of the chat template's pieces, so packed training turns match inference prompts exactly."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tok = tokenizer
+        self.bos, self.eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+        self.image = tokenizer.convert_tokens_to_ids("<image>")
+        self.system = self.ids(SYSTEM_PROMPT)
+        self.user, self.assistant = self.ids("USER:"), self.ids("ASSISTANT:")
+
+    def ids(self, text: str) -> list[int]:
+        out = self.tok(text, add_special_tokens=False)["input_ids"]
+        if self.tok.unk_token_id in out:
+            raise ValueError(f"words outside the vocabulary in {text!r}")
+        return out
+
+    def conversation(self, qas: list[shapes.QA], bare: bool = False) -> tuple[list[int], list[int]]:
+        """``<s>SYSTEM USER: <image>*144 q1 ASSISTANT: a1</s> USER: q2 ASSISTANT: a2</s>...``; labels on answers."""
+        ids = [self.bos, *self.system, *self.user, *[self.image] * NUM_IMAGE_TOKENS]
+        labels = [-100] * len(ids)
+        for i, qa in enumerate(qas):
+            prompt = (self.user if i else []) + self.ids(qa.question) + ([] if bare else self.assistant)
+            answer = self.ids(qa.answer) + [self.eos]
+            ids += prompt + answer
+            labels += [-100] * len(prompt) + answer
+        return ids, labels
+
+
+def turns(scene: shapes.Scene, args: argparse.Namespace, step: int, j: int) -> list[shapes.QA]:
+    """The question/answer turns about one training image: every kind, some terse, the rest long."""
+    seed = (args.seed * 1_000_003 + step) * 4099 + j
+    rng = random.Random(seed)
+    short_share = 1.0 if step < max(args.short_until, args.bare_until) else args.short_share
+    kinds = list(shapes.ALL_KINDS)
+    rng.shuffle(kinds)
+    return [
+        shapes.ask(scene, kinds[i % len(kinds)], rng, "short" if rng.random() < short_share else "long")
+        for i in range(args.qa_per_image)
+    ]
+
+
+class PhaseBBatches(torch.utils.data.Dataset):
+    """Item i = the whole batch of B step ``first + i`` (a pure function of seed and step)."""
+
+    def __init__(self, args: argparse.Namespace, processor, first: int) -> None:
+        self.args, self.processor, self.first = args, processor, first
+        self.encoder = Encoder(processor.tokenizer)
+
+    def __len__(self) -> int:
+        return self.args.phase_b_steps - self.first
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        step = self.first + i
+        scenes = scenes_for(self.args.seed, "B", step, self.args.phase_b_batch)
+        bare = step < self.args.bare_until
+        seqs = [self.encoder.conversation(turns(s, self.args, step, j), bare) for j, s in enumerate(scenes)]
+        width = max(len(ids) for ids, _ in seqs)
+        pad = self.processor.tokenizer.pad_token_id
+        return {
+            "step": torch.tensor(step),
+            "pixel_values": pixel_values(self.processor, scenes),
+            "input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in seqs]),
+            "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in seqs]),
+            "labels": torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in seqs]),
+        }
+
+
+class PhaseABatches(torch.utils.data.Dataset):
+    def __init__(self, args: argparse.Namespace, processor, first: int) -> None:
+        self.args, self.processor, self.first = args, processor, first
+
+    def __len__(self) -> int:
+        return self.args.phase_a_steps - self.first
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        step = self.first + i
+        scenes = scenes_for(self.args.seed, "A", step, self.args.phase_a_batch)
+        labels = [patch_labels(s) for s in scenes]
+        out = {"step": torch.tensor(step), "pixel_values": pixel_values(self.processor, scenes)}
+        for name in HEADS:
+            out[name] = torch.from_numpy(np.stack([lab[name] for lab in labels]))
+        return out
+
+
+def batches(dataset: torch.utils.data.Dataset, workers: int):
+    return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers)
+
+
+# ---- training ---------------------------------------------------------------------------------
+class Trainer:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.device = torch.device(args.device)
+        self.processor = build_processor("v2")
+        self.model = build_model_v2(
+            self.processor.tokenizer, args.text_layers, args.text_hidden, args.text_intermediate
+        ).to(self.device)
+        n_bytes = 4 * sum(p.numel() for p in self.model.parameters())
+        if n_bytes > MAX_WEIGHT_BYTES:
+            raise SystemExit(f"{n_bytes / 2**20:.1f} MiB of fp32 weights: over the 40 MB limit; shrink the text model")
+        self.heads = torch.nn.Linear(args.text_hidden, sum(HEADS.values())).to(self.device)
+        self.ckpt = args.out / "last.pt"
+        self.state: dict = {"step_a": 0, "step_b": 0, "elapsed": 0.0, "cpu_seconds": 0.0, "val": []}
+        self.opt_state: dict = {}
+        self.steps_this_run = 0
+        self.started = self.last_save = time.time()
+        self.cut_short = False
+        self.interrupted = False
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=not self.args.no_bf16)
+
+    def load(self) -> None:
+        saved = torch.load(self.ckpt, weights_only=False, map_location="cpu")
+        self.model.load_state_dict(saved.pop("model"))
+        self.heads.load_state_dict(saved.pop("heads"))
+        self.opt_state = saved.pop("opt") or {}
+        self.state.update(saved)
+        print(
+            f"resumed from {self.ckpt}: phase A step {self.state['step_a']}, phase B step {self.state['step_b']}, "
+            f"{self.state['elapsed'] / 60:.1f} min of training so far",
+            flush=True,
+        )
+
+    def save(self) -> None:
+        self.args.out.mkdir(parents=True, exist_ok=True)
+        state = {
+            **self.state,
+            "model": self.model.state_dict(),
+            "heads": self.heads.state_dict(),
+            "opt": self.opt_state,
+        }
+        save_ckpt(self.ckpt, state)
+        self.last_save = time.time()
+
+    def after_step(self, phase: str, opt: torch.optim.Optimizer, done: bool) -> bool:
+        """Checkpoint when due; True when this invocation should stop (``--stop-after``, ``--train-minutes``)."""
+        self.opt_state = {"phase": phase, "state": opt.state_dict()}
+        self.steps_this_run += 1
+        stop = (bool(self.args.stop_after) and self.steps_this_run >= self.args.stop_after) or self.interrupted
+        if self.args.train_minutes and time.time() - self.started >= 60 * self.args.train_minutes and not done:
+            self.cut_short = stop = True
+            self.state["cut_short_at"] = {"step_a": self.state["step_a"], "step_b": self.state["step_b"]}
+            print(f"--train-minutes {self.args.train_minutes} reached: stopping training here", flush=True)
+        if done or stop or time.time() - self.last_save >= 60 * self.args.ckpt_minutes:
+            self.save()
+        return stop
+
+    def log(self, phase: str, step: int, total: int, loss: float, t0: float, c0: float, extra: str = "") -> None:
+        """One line: the step's wall and CPU seconds (on a shared machine CPU time is the cost to extrapolate)."""
+        line = (
+            f"[{time.strftime('%H:%M:%S')}] {phase} step {step}/{total} loss {loss:.4f} "
+            f"{time.time() - t0:.2f} s/step wall, {time.process_time() - c0:.2f} s/step CPU; "
+            f"{self.state['elapsed'] / 60:.1f} min wall, {self.state['cpu_seconds'] / 60:.1f} min CPU so far {extra}"
+        )
+        print(line.rstrip(), flush=True)
+
+    def phase_a(self) -> bool:
+        args, model = self.args, self.model
+        params = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters()]
+        params += list(self.heads.parameters())
+        opt = torch.optim.AdamW(params, lr=args.lr_a, weight_decay=0.01)
+        if self.opt_state.get("phase") == "A":
+            opt.load_state_dict(self.opt_state["state"])
+        model.train()
+        for batch in batches(PhaseABatches(args, self.processor, self.state["step_a"]), args.workers):
+            t0, c0 = time.time(), time.process_time()
+            step = int(batch["step"])
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, args.phase_a_steps, args.lr_a)
+            with self.autocast():
+                feats = model.model.get_image_features(
+                    pixel_values=batch["pixel_values"].to(self.device),
+                    vision_feature_layer=-1,
+                    vision_feature_select_strategy="default",
+                ).pooler_output
+                logits = self.heads(torch.stack(list(feats))).float()
+            loss, start = 0.0, 0
+            for name, n in HEADS.items():
+                loss = loss + F.cross_entropy(
+                    logits[..., start : start + n].reshape(-1, n), batch[name].to(self.device).reshape(-1)
+                )
+                start += n
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            self.state["step_a"] = step + 1
+            self.state["elapsed"] += time.time() - t0
+            self.state["cpu_seconds"] += time.process_time() - c0
+            if (step + 1) % args.log_every == 0:
+                self.log("A", step + 1, args.phase_a_steps, loss.item(), t0, c0)
+            if self.after_step("A", opt, step + 1 == args.phase_a_steps):
+                return True
+        return False
+
+    def phase_b(self) -> bool:
+        args, model = self.args, self.model
+        model.model.vision_tower.requires_grad_(False)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=args.lr_b, weight_decay=0.01, betas=(0.9, 0.98))
+        if self.opt_state.get("phase") == "B":
+            opt.load_state_dict(self.opt_state["state"])
+        val = shapes.eval_samples("validation", args.val_images, shapes.ALL_KINDS, style="long")
+        first, t_first = self.state["step_b"], time.time()
+        for batch in batches(PhaseBBatches(args, self.processor, first), args.workers):
+            t0, c0 = time.time(), time.process_time()
+            model.train()
+            step = int(batch["step"])
+            total = self.state.get("fitted_total_b") or args.phase_b_steps
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, total, args.lr_b, warmup=100)
+            inputs = {k: v.to(self.device) for k, v in batch.items() if k != "step"}
+            with self.autocast():
+                loss = model(**inputs).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            self.state["step_b"] = step + 1
+            self.state["elapsed"] += time.time() - t0
+            self.state["cpu_seconds"] += time.process_time() - c0
+            ema = self.state.get("loss_b")
+            self.state["loss_b"] = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+            if (step + 1) % args.log_every == 0:
+                lr = f"lr {opt.param_groups[0]['lr']:.1e}"
+                self.log("B", step + 1, total, self.state["loss_b"], t0, c0, lr)
+            if args.val_every and (step + 1) % args.val_every == 0:
+                self.validate(val, step + 1)
+            if args.fit_minutes and "fitted_total_b" not in self.state and step + 1 - first == FIT_PROBE_STEPS:
+                self.fit_schedule(step + 1, (time.time() - t_first) / FIT_PROBE_STEPS)
+            done = step + 1 >= (self.state.get("fitted_total_b") or args.phase_b_steps)
+            if self.after_step("B", opt, done):
+                return True
+            if done:
+                return False
+        return False
+
+    def fit_schedule(self, step: int, seconds_per_step: float) -> None:
+        """Shorten phase B so it ends within ``--fit-minutes`` of this invocation's start, at the measured speed.
+
+        Decided once, during the warm-up (whose learning rate does not depend on the total), and kept
+        in the checkpoint, so a resumed run follows the same schedule.
+        """
+        left = 60 * self.args.fit_minutes - (time.time() - self.started)
+        fitted = min(self.args.phase_b_steps, step + max(1, int(0.9 * left / seconds_per_step)))
+        self.state["fitted_total_b"] = fitted
+        print(
+            f"{seconds_per_step:.3f} s/step: phase B fitted to {fitted} steps (--fit-minutes {self.args.fit_minutes})"
+        )
+
+    def validate(self, samples: list[shapes.Sample], step: int) -> None:
+        t1 = time.time()
+        self.model.eval()
+        res = exact_match(self.model, self.processor, samples)
+        self.state["val"].append({"step": step, **res})
+        kinds = " ".join(f"{k}={v:.2f}" for k, v in res["per_kind"].items())
+        print(f"[val B step {step}] overall {res['overall']:.3f} {kinds} ({time.time() - t1:.0f} s)", flush=True)
+
+    def init_vision(self, path: Path) -> None:
+        """Copy a trained tower + projector (the first default model's: same shapes, frozen in its phase B)."""
+        from transformers import LlavaForConditionalGeneration
+
+        source = LlavaForConditionalGeneration.from_pretrained(path, local_files_only=True).state_dict()
+        prefixes = ("model.vision_tower.", "model.multi_modal_projector.")
+        own = self.model.state_dict()
+        picked = {k: v for k, v in source.items() if k.startswith(prefixes)}
+        wanted = {k for k in own if k.startswith(prefixes)}
+        if not picked or set(picked) != wanted or any(own[k].shape != v.shape for k, v in picked.items()):
+            raise SystemExit(f"{path}: its vision tower/projector do not match this model's (text hidden size?)")
+        self.model.load_state_dict(picked, strict=False)
+        self.state["step_a"] = self.args.phase_a_steps
+        self.state["vision_from"] = str(path)
+        print(f"vision tower + projector from {path}; phase A skipped", flush=True)
+
+    def run(self) -> bool:
+        """Train until done or stopped; True when the model is ready to finish (both phases done, or time up)."""
+        if self.args.resume and self.ckpt.exists():
+            self.load()
+        elif self.args.init_vision is not None:
+            self.init_vision(self.args.init_vision)
+        self.state.setdefault("commands", []).append("python " + " ".join(sys.argv))
+        self.state["args"] = {k: str(v) for k, v in vars(self.args).items()}
+        if self.state["step_a"] < self.args.phase_a_steps and self.phase_a():
+            return self.cut_short
+        if self.state["step_b"] < (self.state.get("fitted_total_b") or self.args.phase_b_steps) and self.phase_b():
+            return self.cut_short
+        return True
+
+    def finish(self) -> dict:
+        """Write OUT/final (a model folder) and OUT/report.json (test exact match, long and short style)."""
+        args, model = self.args, self.model
+        final = args.out / "final"
+        model.eval()
+        model.to("cpu").save_pretrained(final)
+        self.processor.save_pretrained(final)
+        model.to(self.device)
+        report = {
+            "recipe": "training/train_default_v2.py",
+            "model": f"LLaVA: CLIP tower 3x128, MLP projector, Llama {args.text_layers}x{args.text_hidden}",
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "weights_bytes": (final / "model.safetensors").stat().st_size,
+            "train_seconds": round(self.state["elapsed"], 1),
+            "train_cpu_seconds": round(self.state["cpu_seconds"], 1),
+            "vision_from": self.state.get("vision_from"),
+            "device": str(self.device),
+            "commands": self.state["commands"],
+            "args": self.state["args"],
+            "phase_b_steps_done": self.state["step_b"],
+            "phase_b_fitted_total": self.state.get("fitted_total_b"),
+            "cut_short_at": self.state.get("cut_short_at"),
+            "phase_b_final_loss_ema": self.state.get("loss_b"),
+            "validation": self.state["val"],
+            "test": {},
+        }
+        for style in shapes.STYLES:
+            samples = shapes.eval_samples("test", args.test_images, shapes.ALL_KINDS, style=style)
+            t1 = time.time()
+            res = exact_match(model, self.processor, samples, progress=True)
+            report["test"][style] = {"images": args.test_images, **res, "eval_seconds": round(time.time() - t1, 1)}
+            print(f"test ({style}) exact match {res['overall']:.4f}", res["per_kind"], flush=True)
+        (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    trainer = Trainer(args)
+
+    def interrupt(signum, frame) -> None:  # `kill PID`: checkpoint at the end of the current step, then exit
+        trainer.interrupted = True
+
+    signal.signal(signal.SIGTERM, interrupt)
+    if trainer.run():
+        trainer.finish()
+    else:
+        print(
+            f"stopped at phase A step {trainer.state['step_a']}, phase B step {trainer.state['step_b']}; "
+            f"continue with --resume",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
