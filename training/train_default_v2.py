@@ -58,8 +58,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_setup import NUM_IMAGE_TOKENS, SYSTEM_PROMPT, build_model_v2, build_processor  # noqa: E402
 from train_default import HEADS, lr_at, patch_labels, pixel_values, save_ckpt, scenes_for  # noqa: E402
 
-from fastv.zoo.datasets import shapes  # noqa: E402
 from fastv.eval.default_model import exact_match  # noqa: E402
+from fastv.zoo.datasets import shapes  # noqa: E402
 
 DEFAULT_OUT = Path("/work/ckpt/default_v2")
 MAX_WEIGHT_BYTES = 40 * 1024 * 1024
