@@ -2,8 +2,8 @@
 
     python training/evaluate_default.py                       # the model shipped in the package
     python training/evaluate_default.py --model training/checkpoints/final
-    python training/evaluate_default.py --model /work/ckpt/default_v2/final --kinds all --style long \
-        --report /work/ckpt/default_v2/report.json          # the second recipe's model, every kind
+    python training/evaluate_default.py --model training/checkpoints/default_v2/final --kinds all --style long \
+        --report training/checkpoints/default_v2/report.json          # the second recipe's model, every kind
 
 Exact match of greedy `generate` answers through the processor and chat template (the user's path),
 overall and per question kind, next to the majority-answer baseline of each kind (what a model that

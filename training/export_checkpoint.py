@@ -2,7 +2,7 @@
 
     python training/export_checkpoint.py                                  # into the package folder
     python training/export_checkpoint.py --out /tmp/mid                   # anywhere else
-    python training/export_checkpoint.py --ckpt /work/ckpt/default_v2/last.pt --out /tmp/v2_mid  # recipe v2
+    python training/export_checkpoint.py --ckpt training/checkpoints/default_v2/last.pt --out /tmp/v2_mid  # recipe v2
 then `python training/evaluate_default.py --model <folder>` scores it (and `training/measure_default.py`
 measures its attention). The recipe is read from the checkpoint: v2 checkpoints record the text model's shape.
 """

@@ -12,7 +12,7 @@
 # its first steps; TRAIN_MINUTES (5.5) is a hard cap. The first BARE_UNTIL (800) steps use the
 # curriculum (terse turns answered right after the cell word, no ASSISTANT:): on the CPU, 300 steps
 # without it learned the scene-level kinds but not to look a cell up. The whole call takes about 8-9 minutes. Unpack:
-#   cat default_v2.tar.part-* | tar xf - -C /work/ckpt/default_v2_gpu
+#   cat default_v2.tar.part-* | tar xf - -C training/checkpoints/default_v2_gpu
 # If .whl/ holds wheels (transformers==5.23.0 and regex, for cp312 manylinux, via `pip download`), they are
 # installed first so the GPU machine runs the transformers version the package is tested with.
 set -euo pipefail

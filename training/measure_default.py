@@ -1,7 +1,7 @@
 """Measure a default-model candidate the way issue 16 asks: attention shape per layer and the FastV bar.
 
-    python training/measure_default.py --model /work/ckpt/default_v2/final            # attention only
-    python training/measure_default.py --model /work/ckpt/default_v2/final --bar      # + FastV vs random
+    python training/measure_default.py --model training/checkpoints/default_v2/final            # attention only
+    python training/measure_default.py --model training/checkpoints/default_v2/final --bar      # + FastV vs random
     python training/measure_default.py --model src/fastv/zoo/models/default --style short --kinds cell  # shipped
 
 1. Writes test-split scenes (PNG) with one question per kind (`--style`, `--kinds`) as
@@ -94,8 +94,8 @@ def fastv_bar(summary: list[dict]) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="/work/ckpt/default_v2/final", help="a model folder, or 'default'")
-    p.add_argument("--out", type=Path, default=Path("/work/ckpt/default_v2/measure"))
+    p.add_argument("--model", default="training/checkpoints/default_v2/final", help="a model folder, or 'default'")
+    p.add_argument("--out", type=Path, default=Path("training/checkpoints/default_v2/measure"))
     p.add_argument("--images", type=int, default=20, help="test scenes (one question per kind each)")
     p.add_argument("--kinds", choices=tuple(KIND_SETS), default="all")
     p.add_argument("--style", choices=shapes.STYLES, default="long")

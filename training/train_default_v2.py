@@ -1,6 +1,6 @@
 """Train the second default model: a LLaVA prompted the way LLaVA-1.5 is, on CPU or GPU, resumably.
 
-    python training/train_default_v2.py                      # fresh run, checkpoints in /work/ckpt/default_v2
+    python training/train_default_v2.py                      # fresh run, checkpoints in training/checkpoints/default_v2
     python training/train_default_v2.py --resume             # continue exactly where the last checkpoint was
     python training/train_default_v2.py --device cuda        # same recipe on a GPU (bf16 autocast)
 
@@ -61,7 +61,7 @@ from train_default import HEADS, lr_at, patch_labels, pixel_values, save_ckpt, s
 from fastv.eval.default_model import exact_match  # noqa: E402
 from fastv.zoo.datasets import shapes  # noqa: E402
 
-DEFAULT_OUT = Path("/work/ckpt/default_v2")
+DEFAULT_OUT = Path("training/checkpoints/default_v2")
 MAX_WEIGHT_BYTES = 40 * 1024 * 1024
 FIT_PROBE_STEPS = 30  # steps timed before --fit-minutes sets phase B's length (inside the 100-step warm-up)
 
