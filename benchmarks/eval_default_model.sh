@@ -24,3 +24,7 @@ fastv eval "${SUCC[@]}" --method visionzip+fastv --keep 48 --out "$OUT/successor
 fastv eval "${SUCC[@]}" --method visionzip,divprune --keep 16 --positions contiguous,original --out "$OUT/successors"
 # pdrop's first cut is layer L/4 = 1 of 6, so its layer-average budget cannot go below 144/6 = 24.
 fastv eval "${SUCC[@]}" --method pdrop,visionzip,divprune --keep 32 --positions contiguous,original --out "$OUT/successors"
+
+# Issue 18: the whole field (each method with its defaults) on the same 35 questions as the successors table.
+fastv eval "${SUCC[@]}" --method fastv,dart,cdpruner,holov,vscan,flowcut,sparsevlm,visionzip,divprune,random \
+    --keep 48,32,16 --out "$OUT/field"
