@@ -13,6 +13,7 @@ from fastv import flops as F
 from fastv.bench import measure as B
 from fastv.bench import models as M
 from fastv.bench import report as R
+from fastv.bench import schedule as S
 from fastv.flops.shapes import build_config
 
 TEXT = dict(
@@ -97,13 +98,13 @@ def test_local_checkpoint(tmp_path):
 
 def test_interleaved_plan_puts_every_pruned_run_between_two_unpatched_runs():
     settings = [(2, 0.0), (1, 0.5), (2, 0.5)]
-    plan = B.interleaved_plan(settings, rounds=2)
+    plan = S.interleaved_plan(settings, rounds=2)
     full = ("full",)
     assert plan == [
         full, (2, 0.0), full, (1, 0.5), full, (2, 0.5), full,
         full, (1, 0.5), full, (2, 0.5), full, (2, 0.0), full,
     ]  # fmt: skip
-    shares = B.neighbour_shares([(full, 1.0), ((1, 0.5), 1.5), (full, 2.0), ((2, 0.5), 1.0), (full, 3.0)])
+    shares = S.neighbour_shares([(full, 1.0), ((1, 0.5), 1.5), (full, 2.0), ((2, 0.5), 1.0), (full, 3.0)])
     assert shares == {(1, 0.5): [1.0], (2, 0.5): [0.4]}
 
 
@@ -121,7 +122,7 @@ def test_benchmark_calls_follow_the_interleaved_plan(monkeypatch):
     result = B.run_benchmark(cfg, model=_tiny(), show_progress=False)
     settings = [(2, 0.0), (2, 0.5)]
     assert calls[:2] == [("full",), (2, 0.5)]  # warm-up: full and the last setting
-    assert calls[2:] == B.interleaved_plan(settings, 2)
+    assert calls[2:] == S.interleaved_plan(settings, 2)
     assert len(result.full["prefill_all_s"]) == 6 and len(result.setting(2, 0.5).prefill_all_s) == 2
     for s in result.settings:
         assert s.time_share > 0 and s.time_share_cpu > 0
