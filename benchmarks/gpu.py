@@ -46,7 +46,8 @@ T_START = time.perf_counter()  # the budget counts from here: imports and CUDA s
 import torch  # noqa: E402
 
 from fastv import flops as F  # noqa: E402
-from fastv.bench.measure import BenchConfig, _default_dtype, build_inputs, run_once  # noqa: E402
+from fastv.bench.measure import run_once  # noqa: E402
+from fastv.bench.models import BenchConfig, _default_dtype, build_inputs  # noqa: E402
 from fastv.core.errors import FastVError  # noqa: E402
 from fastv.flops.shapes import KNOWN_SHAPES, build_config  # noqa: E402
 from fastv.methods import make  # noqa: E402
@@ -184,7 +185,7 @@ def build(spec: ModelSpec, device: torch.device, dtype: torch.dtype, attn: str) 
 
 
 def batch_inputs(model: torch.nn.Module, batch: int, device: torch.device) -> tuple[dict[str, torch.Tensor], int]:
-    """fastv.bench.measure's prompt (4 text tokens, the image, 36 text tokens), repeated `batch` times."""
+    """fastv.bench.models' prompt (4 text tokens, the image, 36 text tokens), repeated `batch` times."""
     inputs, n_visual = build_inputs(model, BenchConfig(n_text=N_TEXT))
     out = {k: v.repeat(batch, *[1] * (v.dim() - 1)).to(device) for k, v in inputs.items()}
     return out, n_visual

@@ -12,7 +12,9 @@ from PIL import Image
 from tiny_llava import GRID, IMAGE_TOKEN, batch, prompt, tiny_llava
 
 from fastv import FastV
-from fastv.analysis.attention import GROUPS, aggregate, analyze, analyze_batch, token_groups, visual_layout
+from fastv.analysis.attention import analyze, analyze_batch
+from fastv.analysis.layout import GROUPS, token_groups, visual_layout
+from fastv.analysis.result import aggregate
 from fastv.core.errors import FastVError
 
 N = GRID * GRID

@@ -214,6 +214,7 @@ def test_4_parquet_embedded_bytes_are_verified(files, tmp_path):
 def no_benchmark(monkeypatch):
     """Record what `fastv bench` would run instead of running it (the measurement is not under test)."""
     from fastv.bench import measure as B
+    from fastv.bench import report
 
     calls = []
 
@@ -226,7 +227,7 @@ def no_benchmark(monkeypatch):
 
     monkeypatch.setattr(B, "run_and_save", fake)
     monkeypatch.setattr(B, "build_model", lambda cfg: pytest.fail("built a model for refused options"))
-    monkeypatch.setattr(B, "markdown_table", lambda result: "")
+    monkeypatch.setattr(report, "markdown_table", lambda result: "")
     return calls
 
 

@@ -11,6 +11,9 @@ from typer.testing import CliRunner
 
 from fastv import flops as F
 from fastv.bench import measure as B
+from fastv.bench import models as M
+from fastv.bench import report as R
+from fastv.bench import schedule as S
 from fastv.flops.shapes import build_config
 
 TEXT = dict(
@@ -23,15 +26,15 @@ def _tiny(kind: str = "llava") -> torch.nn.Module:
     torch.manual_seed(0)
     text, extra = dict(TEXT), {"image_token_id": 1100, "video_token_id": 1101}
     if kind.startswith("qwen"):
-        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e4, "mrope_section": B._mrope(16)}
+        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e4, "mrope_section": M._mrope(16)}
         extra["vision_start_token_id"] = 1102
     out = {"qwen2_vl": {"hidden_size": 64}, "qwen2_5_vl": {"out_hidden_size": 64}}.get(kind, {})
-    vision = {**B._tiny_vision(kind, None), **out}
+    vision = {**M._tiny_vision(kind, None), **out}
     return AutoModelForImageTextToText.from_config(build_config(kind, text, vision, extra)).eval()
 
 
 def test_benchmark_structure_and_kv_bookkeeping(tmp_path):
-    cfg = B.BenchConfig(model="tiny", ks=(1, 2), ratios=(0.5,), repeats=1, warmup=0, new_tokens=2, dtype="float32")
+    cfg = M.BenchConfig(model="tiny", ks=(1, 2), ratios=(0.5,), repeats=1, warmup=0, new_tokens=2, dtype="float32")
     result = B.run_and_save(cfg, tmp_path, "tiny", show_progress=False, model=_tiny())
     assert result.n_visual == 576 and result.n_text == 40
     assert [(s.k, s.ratio) for s in result.settings] == [(2, 0.0), (1, 0.5), (2, 0.5)]
@@ -45,7 +48,7 @@ def test_benchmark_structure_and_kv_bookkeeping(tmp_path):
     assert result.setting(2, 0.0).speedup_predicted == pytest.approx(1.0)
     data = json.loads((tmp_path / "tiny.json").read_text())
     assert {"config", "machine", "full", "settings", "overhead"} <= set(data)
-    assert B.load_json(tmp_path / "tiny.json").setting(2, 0.5) == half
+    assert R.load_json(tmp_path / "tiny.json").setting(2, 0.5) == half
     assert (tmp_path / "tiny.png").stat().st_size > 1000
     assert "| 2 | 0.5 | 288 |" in (tmp_path / "tiny.md").read_text()
 
@@ -55,7 +58,7 @@ def test_inputs_match_the_model(kind):
     """Built inputs run through each family and carry the visual-token count the FLOPs assume."""
     model = _tiny(kind)
     frames = 8 if kind == "video_llava" else None
-    inputs, n_visual = B.build_inputs(model, B.BenchConfig(frames=frames, n_text=8))
+    inputs, n_visual = M.build_inputs(model, M.BenchConfig(frames=frames, n_text=8))
     assert n_visual == {"qwen2_vl": 576, "qwen2_5_vl": 576, "video_llava": 8 * 257}[kind]
     with torch.inference_mode():
         out = model(**inputs, logits_to_keep=1)
@@ -65,7 +68,7 @@ def test_inputs_match_the_model(kind):
 
 
 def test_mrope_sections_sum_to_half_head_dim():
-    assert sum(B._mrope(128)) == 64 and B._mrope(128) == [16, 24, 24]
+    assert sum(M._mrope(128)) == 64 and M._mrope(128) == [16, 24, 24]
 
 
 def test_cli_flops_table_json_and_budget():
@@ -87,7 +90,7 @@ def test_cli_flops_table_json_and_budget():
 def test_local_checkpoint(tmp_path):
     """A saved checkpoint folder is loaded as-is (no truncation) and benchmarked the same way."""
     _tiny().save_pretrained(tmp_path / "ckpt")
-    cfg = B.BenchConfig(model=str(tmp_path / "ckpt"), ks=(2,), ratios=(0.5,), repeats=1, warmup=0, new_tokens=2)
+    cfg = M.BenchConfig(model=str(tmp_path / "ckpt"), ks=(2,), ratios=(0.5,), repeats=1, warmup=0, new_tokens=2)
     result = B.run_benchmark(cfg, show_progress=False)
     assert result.model.startswith("checkpoint") and result.setting(2, 0.5).kept == 288
     assert result.setting(2, 0.5).kv_bytes == result.setting(2, 0.5).kv_bytes_predicted
@@ -95,13 +98,13 @@ def test_local_checkpoint(tmp_path):
 
 def test_interleaved_plan_puts_every_pruned_run_between_two_unpatched_runs():
     settings = [(2, 0.0), (1, 0.5), (2, 0.5)]
-    plan = B.interleaved_plan(settings, rounds=2)
+    plan = S.interleaved_plan(settings, rounds=2)
     full = ("full",)
     assert plan == [
         full, (2, 0.0), full, (1, 0.5), full, (2, 0.5), full,
         full, (1, 0.5), full, (2, 0.5), full, (2, 0.0), full,
     ]  # fmt: skip
-    shares = B.neighbour_shares([(full, 1.0), ((1, 0.5), 1.5), (full, 2.0), ((2, 0.5), 1.0), (full, 3.0)])
+    shares = S.neighbour_shares([(full, 1.0), ((1, 0.5), 1.5), (full, 2.0), ((2, 0.5), 1.0), (full, 3.0)])
     assert shares == {(1, 0.5): [1.0], (2, 0.5): [0.4]}
 
 
@@ -115,11 +118,11 @@ def test_benchmark_calls_follow_the_interleaved_plan(monkeypatch):
         return real(model, inputs, new_tokens, handle)
 
     monkeypatch.setattr(B, "run_once", recording)
-    cfg = B.BenchConfig(model="tiny", ks=(2,), ratios=(0.5,), repeats=2, warmup=1, new_tokens=1, dtype="float32")
+    cfg = M.BenchConfig(model="tiny", ks=(2,), ratios=(0.5,), repeats=2, warmup=1, new_tokens=1, dtype="float32")
     result = B.run_benchmark(cfg, model=_tiny(), show_progress=False)
     settings = [(2, 0.0), (2, 0.5)]
     assert calls[:2] == [("full",), (2, 0.5)]  # warm-up: full and the last setting
-    assert calls[2:] == B.interleaved_plan(settings, 2)
+    assert calls[2:] == S.interleaved_plan(settings, 2)
     assert len(result.full["prefill_all_s"]) == 6 and len(result.setting(2, 0.5).prefill_all_s) == 2
     for s in result.settings:
         assert s.time_share > 0 and s.time_share_cpu > 0
@@ -127,7 +130,7 @@ def test_benchmark_calls_follow_the_interleaved_plan(monkeypatch):
 
 def test_any_methods_at_any_budgets(tmp_path):
     """methods x keeps: the same measurement for every method; a budget the model cannot hold is skipped."""
-    cfg = B.BenchConfig(
+    cfg = M.BenchConfig(
         model="tiny", methods=("fastv", "pool", "divprune+fastv", "pdrop"), keeps=(144, 64),
         repeats=1, warmup=0, new_tokens=2, dtype="float32",
     )  # fmt: skip
@@ -146,7 +149,7 @@ def test_any_methods_at_any_budgets(tmp_path):
     table = (tmp_path / "methods.md").read_text()
     assert "| pool | keep=64 | 64 |" in table and "pdrop keep=64 skipped" in table
     assert (tmp_path / "methods.png").stat().st_size > 1000
-    assert B.load_json(tmp_path / "methods.json").by_label("pool keep=64") == pool
+    assert R.load_json(tmp_path / "methods.json").by_label("pool keep=64") == pool
 
 
 def test_cli_bench_methods_are_checked_before_building(monkeypatch, tmp_path):

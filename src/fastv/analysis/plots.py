@@ -1,4 +1,4 @@
-"""Figures for `fastv.analysis.attention` results (matplotlib `Figure`s of their own, not pyplot's:
+"""Figures for `fastv.analysis.attention` results (`fastv.analysis.result`) (matplotlib `Figure`s of their own, not pyplot's:
 headless machines need no display and a notebook's backend is left alone).
 
 Three views, each answering one question a user has before trusting pruning:
@@ -18,7 +18,8 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
-from fastv.analysis.attention import GROUPS, Aggregate, Analysis, Panel, panel_picture
+from fastv.analysis.layout import GROUPS, Panel, panel_picture
+from fastv.analysis.result import Aggregate, Analysis
 from fastv.core.errors import FastVError
 
 COLORS = {

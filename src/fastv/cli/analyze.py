@@ -30,7 +30,7 @@ def _parse_layers(text: str | None) -> list[int] | None:
 
 
 def _table(result: Any, title: str, layers: list[int] | None = None) -> Table:
-    from fastv.analysis.attention import GROUPS
+    from fastv.analysis.layout import GROUPS
 
     groups = result.groups_present()
     table = Table(title=title, title_justify="left")
@@ -204,6 +204,7 @@ def _aggregate(
 
     from fastv.analysis import attention as analysis
     from fastv.analysis import plots
+    from fastv.analysis.result import aggregate
     from fastv.loading import build_inputs, to_model
 
     per_sample = out / "samples"
@@ -215,7 +216,7 @@ def _aggregate(
         result.save_json(per_sample / f"{name}.json")
         results.append(result.light())
         names.append(name)
-    mean = analysis.aggregate(results, names)
+    mean = aggregate(results, names)
     json_path = mean.save_json(out / "aggregate.json")
     png = plots.plot_allocation(mean, out / "allocation_mean.png")
     console.print(_table(mean, f"mean attention share per group over {mean.n} prompts (query={mean.query})", wanted))

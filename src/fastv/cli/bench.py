@@ -127,11 +127,13 @@ def bench_cmd(
 ) -> None:
     """Time the full model and FastV(K, R), or --method x --keep, alternating in one process; JSON + PNG + table."""
     from fastv.bench import measure as B
+    from fastv.bench import report
+    from fastv.bench.models import SUITES
 
     console = make_console()
-    suites = list(B.SUITES) if suite == "all" else [suite]
-    if any(s not in B.SUITES for s in suites):
-        raise FastVError(f"--suite {suite!r}: choose from {', '.join(B.SUITES)} or all")
+    suites = list(SUITES) if suite == "all" else [suite]
+    if any(s not in SUITES for s in suites):
+        raise FastVError(f"--suite {suite!r}: choose from {', '.join(SUITES)} or all")
     if name is not None and (not name.strip() or Path(name).name != name or name.startswith(".")):
         raise FastVError(f"--name {name!r}: give a plain file stem (no folders), e.g. --name image-cpu")
     plan = []
@@ -151,7 +153,7 @@ def bench_cmd(
             "dtype": dtype,
             "threads": threads,
         }
-        cfg = replace(B.SUITES[s], **{key: v for key, v in overrides.items() if v is not None})
+        cfg = replace(SUITES[s], **{key: v for key, v in overrides.items() if v is not None})
         if keep is not None and not cfg.methods:
             raise FastVError(
                 "--keep is a budget for --method: give --method fastv,pdrop,... (FastV's grid takes --ratios)"
@@ -170,5 +172,5 @@ def bench_cmd(
         console.print(f"[bold]fastv bench[/bold] {s}: {cfg}")
         result = B.run_and_save(cfg, out, stem)
         console.print(result.model)
-        console.print(Markdown(B.markdown_table(result)))
+        console.print(Markdown(report.markdown_table(result)))
         console.print(f"wrote {out / stem}.json, .png, .md")

@@ -358,7 +358,7 @@ class Demo:
     def _masked(
         self, inputs: dict[str, Any], fast: Answer, images: list[Image.Image], frames: list[Image.Image] | None
     ) -> Image.Image:
-        from fastv.analysis.attention import visual_layout
+        from fastv.analysis.layout import visual_layout
 
         panels = visual_layout(self.model, inputs["input_ids"][:1].cpu(), inputs)[0]
         kept = fast.stats.kept_positions[0].tolist()
@@ -374,7 +374,7 @@ class Demo:
     def _pictures(self, inputs: dict[str, Any], panels: list, images: list[Image.Image], frames: list[Image.Image]):
         """Per panel, the picture under its token grid (`analysis.panel_pictures`: the processed pixels
         for LLaVA, else the upload), resized to the grid's aspect; grey where there is none."""
-        from fastv.analysis.attention import panel_picture, panel_pictures
+        from fastv.analysis.layout import panel_picture, panel_pictures
 
         sample = [*images, frames] if frames else images
         pictures = panel_pictures(self.model, inputs, [panels], [sample], self.processor)[0]
