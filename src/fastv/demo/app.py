@@ -132,9 +132,8 @@ def build(demo: Demo) -> gr.Blocks:
                     method = gr.Dropdown(
                         METHOD_CHOICES, value="fastv", label="Method", allow_custom_value=True, elem_id="method"
                     )
-                    keep = gr.Number(
-                        value=None, precision=0, label="keep: visual tokens (empty: use R)", elem_id="keep"
-                    )
+                    # A textbox, not gr.Number: an empty Number reaches the handler as 0 ("keep nothing").
+                    keep = gr.Textbox(value="", label="keep: visual tokens (empty: use R)", elem_id="keep")
                 button = gr.Button("Compare", variant="primary", elem_id="compare")
                 sample = None
                 if items := examples():
