@@ -14,7 +14,7 @@ import subprocess
 import pytest
 import torch
 
-from fastv import load_default, make
+from fastv import load_default
 from fastv.eval.default_model import answer
 from fastv.serving.client import data_url
 from fastv.serving.pruning import pre_lm_method
@@ -59,8 +59,7 @@ def reference(loaded):
     def run(settings):
         if settings is None:
             return answer(model, processor, IMAGES, QUESTIONS)
-        settings = dict(settings)
-        with make(settings.pop("method"), **settings).apply(model):
+        with pre_lm_method(settings).apply(model):  # the method exactly as the server builds it
             return answer(model, processor, IMAGES, QUESTIONS)
 
     return run

@@ -45,6 +45,9 @@ def pre_lm_method(settings: Mapping[str, Any]) -> Method:
         )
     if settings.get("k"):
         raise FastVError(f"{name} with k={settings['k']} cuts inside the language model; a server runs k=0 only")
+    # The server keeps the kept tokens' original positions (see vllm_llava), so it selects with the
+    # methods' original-position variant (VisionZip: no [CLS] in its block), whatever their paper's default.
+    settings.setdefault("positions", "original")
     return make(name, **settings)
 
 

@@ -221,12 +221,20 @@ class FastvLlavaForConditionalGeneration(LlavaForConditionalGeneration, Supports
         attn.attn.register_forward_pre_hook(on_attention)
 
     def _visionzip_extra(self, pruner: ImagePruner, i: int, vision: torch.Tensor) -> dict[str, Any]:
+        """VisionZip's block for one image, from the tower's [CLS] attention and keys seen on this pass.
+
+        The server selects with original positions, where VisionZip leaves [CLS] out (`with_cls` False).
+        """
         skip = 1 if self.config.vision_feature_select_strategy == "default" else 0
         dominant, contextual = pruner.method.split(vision.shape[0])
+        if pruner.method.with_cls:
+            raise FastVError("visionzip with [CLS] needs contiguous positions, which this server does not run")
         zipped = zip_image(
             self._seen["cls"][i, skip:],
             self._seen["keys"][i, skip:],
             vision,
+            self.multi_modal_projector(vision),
+            None,
             dominant,
             contextual,
             self.multi_modal_projector,
