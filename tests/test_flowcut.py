@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 from tiny_families import qwen2_vl
-from tiny_llava import IMAGE_TOKEN, PAD, VOCAB, left_pad
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from tiny_llava import IMAGE_TOKEN, left_pad, tiny_llava
+from transformers import LlavaForConditionalGeneration
 
 from fastv import FastVError
 from fastv.core.errors import UnsupportedModelError
@@ -21,26 +21,11 @@ N = SIDE * SIDE  # 42 px / patch 7: 36 patches per image
 
 def flow_llava(attn: str = "sdpa", seed: int = 0) -> LlavaForConditionalGeneration:
     """A tiny LLaVA whose 6-layer tower projects layer -2 (as LLaVA-1.5) with peaked attention."""
-    torch.manual_seed(seed)
-    text = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, pad_token_id=PAD,
-    )  # fmt: skip
-    vision = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=6, num_attention_heads=2, image_size=42, patch_size=7
-    )
-    config = LlavaConfig(
-        vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN, vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-    )  # fmt: skip
-    config._attn_implementation = attn
-    model = LlavaForConditionalGeneration(config).float().eval()
+    model = tiny_llava(attn, seed=seed, image_size=42, vision_layers=6, feature_layer=-2)
     with torch.no_grad():  # random init attends almost uniformly; sharpen it so the adaptive counts move
         for layer in getattr(model.model.vision_tower, "vision_model", model.model.vision_tower).encoder.layers:
             layer.self_attn.q_proj.weight.mul_(6.0)
             layer.self_attn.k_proj.weight.mul_(6.0)
-    model.set_attn_implementation(attn)
-    model.generation_config.pad_token_id = PAD
     return model
 
 

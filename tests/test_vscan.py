@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tiny_families import qwen2_vl
-from tiny_llava import IMAGE_TOKEN, PAD, VOCAB, left_pad
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from tiny_llava import IMAGE_TOKEN, left_pad, tiny_llava
+from transformers import LlavaForConditionalGeneration
 
 from fastv import FastVError
 from fastv.core.errors import UnsupportedModelError
@@ -19,23 +19,7 @@ N = SIDE * SIDE  # 56 px / patch 7
 
 
 def llava64(attn: str = "sdpa", seed: int = 0) -> LlavaForConditionalGeneration:
-    torch.manual_seed(seed)
-    text = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, pad_token_id=PAD,
-    )  # fmt: skip
-    vision = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=56, patch_size=7
-    )
-    config = LlavaConfig(
-        vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN, vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-    )  # fmt: skip
-    config._attn_implementation = attn
-    model = LlavaForConditionalGeneration(config).float().eval()
-    model.set_attn_implementation(attn)
-    model.generation_config.pad_token_id = PAD
-    return model
+    return tiny_llava(attn, seed=seed, image_size=56, vision_layers=3, feature_layer=-2)
 
 
 def batch64(images: list[int], seed: int = 0) -> dict[str, torch.Tensor]:

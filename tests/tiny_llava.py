@@ -12,8 +12,15 @@ GRID = 4  # 28 px / patch 7 -> 4x4 = 16 visual tokens per image
 
 
 def tiny_llava(
-    attn: str = "sdpa", layers: int = 4, seed: int = 0, dtype=torch.float32
+    attn: str = "sdpa",
+    layers: int = 4,
+    seed: int = 0,
+    dtype=torch.float32,
+    image_size: int = 28,
+    vision_layers: int = 2,
+    feature_layer: int = -1,
 ) -> LlavaForConditionalGeneration:
+    """Patch 7: image_size 28 -> 16 visual tokens; the vision-side methods' tests use larger towers."""
     torch.manual_seed(seed)
     text = LlamaConfig(
         vocab_size=VOCAB,
@@ -28,9 +35,9 @@ def tiny_llava(
     vision = CLIPVisionConfig(
         hidden_size=32,
         intermediate_size=64,
-        num_hidden_layers=2,
+        num_hidden_layers=vision_layers,
         num_attention_heads=2,
-        image_size=28,
+        image_size=image_size,
         patch_size=7,
         projection_dim=32,
     )
@@ -38,7 +45,7 @@ def tiny_llava(
         vision_config=vision,
         text_config=text,
         image_token_id=IMAGE_TOKEN,
-        vision_feature_layer=-1,
+        vision_feature_layer=feature_layer,
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
     )
