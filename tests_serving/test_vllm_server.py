@@ -16,6 +16,7 @@ import torch
 
 from fastv import load_default
 from fastv.eval.default_model import answer
+from fastv.serving.client import DEFAULT_MAX_TOKENS as MAX_TOKENS
 from fastv.serving.client import data_url
 from fastv.serving.pruning import pre_lm_method
 from fastv.zoo.datasets import shapes
@@ -58,9 +59,9 @@ def reference(loaded):
 
     def run(settings):
         if settings is None:
-            return answer(model, processor, IMAGES, QUESTIONS)
+            return answer(model, processor, IMAGES, QUESTIONS, max_new_tokens=MAX_TOKENS)
         with pre_lm_method(settings).apply(model):  # the method exactly as the server builds it
-            return answer(model, processor, IMAGES, QUESTIONS)
+            return answer(model, processor, IMAGES, QUESTIONS, max_new_tokens=MAX_TOKENS)
 
     return run
 
@@ -165,7 +166,7 @@ def test_bad_requests_get_a_clear_http_error_and_the_server_keeps_serving(server
     elif body_change == "unsupported method":
         reply = server.chat(q, url, fastv={"method": "fastv", "keep": 48})
     elif body_change == "unknown method":
-        reply = server.chat(q, url, fastv={"method": "sparsevlm", "keep": 48})
+        reply = server.chat(q, url, fastv={"method": "nosuchmethod", "keep": 48})
     else:
         reply = server.chat(q, url, fastv={"method": "pool", "keep": 200})
     assert 400 <= reply.status < 500, reply.body

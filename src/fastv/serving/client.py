@@ -25,7 +25,12 @@ def data_url(image: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def chat_body(question: str, image_url: str | None, fastv: Any = ..., max_tokens: int = 4) -> dict[str, Any]:
+DEFAULT_MAX_TOKENS = 4  # the shapes world's answers; the tests' transformers reference generates as many
+
+
+def chat_body(
+    question: str, image_url: str | None, fastv: Any = ..., max_tokens: int = DEFAULT_MAX_TOKENS
+) -> dict[str, Any]:
     """A greedy chat request: the image (if any), then the question, as fastv's chat template expects."""
     content: list[dict[str, Any]] = []
     if image_url is not None:
