@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from tiny_families import BUILDERS
-from tiny_llava import GRID, IMAGE_TOKEN, batch, prompt, tiny_llava
+from tiny_llava import GRID, IMAGE_TOKEN, batch, prompt, run_method, tiny_llava
 
 from fastv import FastVError
 from fastv.methods import make
@@ -89,20 +89,11 @@ def test_cdpruner_budget_and_accounting(budget):
     assert visual_tokens_per_layer(method, 4, N) == [per_image] * 4
 
 
-def _generate(model, method, inputs):
-    with method.apply(model) as handle:
-        logits = model(**inputs).logits[:, -1]
-        out = model.generate(
-            **inputs, max_new_tokens=5, do_sample=False, return_dict_in_generate=True, suppress_tokens=[IMAGE_TOKEN]
-        )
-    return logits, out.sequences, handle.stats
-
-
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl", "gemma3"])
 def test_cdpruner_drop_equals_mask(family):
     model, inputs = (tiny_llava(layers=4), batch(PROMPTS)) if family == "llava" else BUILDERS[family]("sdpa")
-    ld, sd, stats = _generate(model, make("cdpruner", ratio=0.5), inputs)
-    lm, sm, stats_m = _generate(model, make("cdpruner", ratio=0.5, mode="mask"), inputs)
+    ld, sd, _, stats = run_method(model, make("cdpruner", ratio=0.5), inputs)
+    lm, sm, _, stats_m = run_method(model, make("cdpruner", ratio=0.5, mode="mask"), inputs)
     assert [p.tolist() for p in stats.kept_positions] == [p.tolist() for p in stats_m.kept_positions]
     assert (ld - lm).abs().max() < 1e-4 and torch.equal(sd, sm)
 

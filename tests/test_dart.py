@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tiny_families import BUILDERS
-from tiny_llava import GRID, IMAGE_TOKEN, batch, prompt, tiny_llava
+from tiny_llava import GRID, IMAGE_TOKEN, batch, prompt, run_method, tiny_llava
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 import fastv
@@ -102,21 +102,12 @@ def test_dart_budget_and_accounting(budget):
     assert handle.stats.layer_seq_lens == [text + 2 * v for v in predicted]
 
 
-def _generate(model, method, inputs):
-    with method.apply(model) as handle:
-        logits = model(**inputs).logits[:, -1]
-        out = model.generate(
-            **inputs, max_new_tokens=5, do_sample=False, return_dict_in_generate=True, suppress_tokens=[IMAGE_TOKEN]
-        )
-    return logits, out.sequences, [layer.get_seq_length() for layer in out.past_key_values.layers], handle.stats
-
-
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("k", [1, 2])
 def test_dart_drop_equals_mask(attn, k):
     model, inputs = tiny_llava(attn, layers=4), batch(PROMPTS)
-    ld, sd, lens, stats = _generate(model, make("dart", keep=6, k=k), inputs)
-    lm, sm, lens_m, stats_m = _generate(model, make("dart", keep=6, k=k, mode="mask"), inputs)
+    ld, sd, lens, stats = run_method(model, make("dart", keep=6, k=k), inputs)
+    lm, sm, lens_m, stats_m = run_method(model, make("dart", keep=6, k=k, mode="mask"), inputs)
     assert [p.tolist() for p in stats.kept_positions] == [p.tolist() for p in stats_m.kept_positions]
     assert (ld - lm).abs().max() < 1e-4 and torch.equal(sd, sm)
     assert lens == [n + 4 for n in stats.layer_seq_lens]
@@ -129,8 +120,8 @@ def test_dart_drop_equals_mask_other_families(family):
     model, inputs = BUILDERS[family]("sdpa")
     adapter = fastv.resolve(model)
     k = max(1, adapter.min_k)
-    ld, sd, _, _ = _generate(model, make("dart", ratio=0.5, k=k), inputs)
-    lm, sm, _, _ = _generate(model, make("dart", ratio=0.5, k=k, mode="mask"), inputs)
+    ld, sd, _, _ = run_method(model, make("dart", ratio=0.5, k=k), inputs)
+    lm, sm, _, _ = run_method(model, make("dart", ratio=0.5, k=k, mode="mask"), inputs)
     assert (ld - lm).abs().max() < 1e-4 and torch.equal(sd, sm)
 
 

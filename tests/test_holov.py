@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from tiny_families import qwen2_vl
-from tiny_llava import GRID, IMAGE_TOKEN, batch, prompt, tiny_llava
+from tiny_llava import GRID, IMAGE_TOKEN, batch, prompt, run_method, tiny_llava
 
 from fastv import FastVError
 from fastv.core.errors import UnsupportedModelError
@@ -124,20 +124,11 @@ def test_holov_budget_and_accounting(budget):
     assert handle.stats.layer_seq_lens == [text + 2 * per_image] * 4
 
 
-def _generate(model, method, inputs):
-    with method.apply(model) as handle:
-        logits = model(**inputs).logits[:, -1]
-        out = model.generate(
-            **inputs, max_new_tokens=5, do_sample=False, return_dict_in_generate=True, suppress_tokens=[IMAGE_TOKEN]
-        )
-    return logits, out.sequences, handle.stats
-
-
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_holov_drop_equals_mask(attn):
     model, inputs = tiny_llava(attn, layers=4), batch(PROMPTS)
-    ld, sd, stats = _generate(model, make("holov", keep=6, regions=4), inputs)
-    lm, sm, stats_m = _generate(model, make("holov", keep=6, regions=4, mode="mask"), inputs)
+    ld, sd, _, stats = run_method(model, make("holov", keep=6, regions=4), inputs)
+    lm, sm, _, stats_m = run_method(model, make("holov", keep=6, regions=4, mode="mask"), inputs)
     assert [p.tolist() for p in stats.kept_positions] == [p.tolist() for p in stats_m.kept_positions]
     assert (ld - lm).abs().max() < 1e-4 and torch.equal(sd, sm)
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 from tiny_families import gemma3, qwen2_vl
-from tiny_llava import GRID, IMAGE_TOKEN, batch, prompt, tiny_llava
+from tiny_llava import GRID, IMAGE_TOKEN, batch, input_embeds, prompt, run_method, tiny_llava
 
 from fastv import FastVError, flops
 from fastv.core.errors import UnsupportedModelError
-from fastv.core.hf import compat
 from fastv.methods import PDrop, make
 from fastv.methods.accounting import visual_tokens_per_layer
 from fastv.methods.pdrop import pyramid
@@ -63,17 +62,6 @@ def _layer0_input(model, method, inputs):
     return handle.stats, seen["h"]
 
 
-def _embeds(model, inputs) -> torch.Tensor:
-    """Unpruned input embeddings (projected visual features at the image positions)."""
-    seen: dict = {}
-    hook = _capture_layer0(model, seen)
-    try:
-        model(**inputs)
-    finally:
-        hook.remove()
-    return seen["h"]
-
-
 # ---------------------------------------------------------------------------- references
 
 
@@ -98,7 +86,7 @@ def test_uniform_matches_reference(model, inputs, keep, cells):
 
 
 def test_pool_matches_reference(model, inputs):
-    full = _embeds(model, inputs)
+    full = input_embeds(model, inputs)
     stats, h = _layer0_input(model, make("pool", keep=4), inputs)
     index = stats.kept_sequence_index
     for b in range(2):
@@ -158,29 +146,14 @@ def test_pyramid_schedules():
 # ---------------------------------------------------------------------------- drop == mask, generation
 
 
-def _generate(model, method, inputs, new: int = 5, **kw):
-    with method.apply(model) as handle:
-        logits = model(**inputs).logits[:, -1]
-        out = model.generate(
-            **inputs,
-            max_new_tokens=new,
-            do_sample=False,
-            return_dict_in_generate=True,
-            suppress_tokens=[IMAGE_TOKEN],
-            **kw,
-        )
-    lens = [layer.get_seq_length() for layer in compat.output_cache(out).layers] if kw.get("use_cache", True) else None
-    return logits, out.sequences, lens, handle.stats
-
-
 @pytest.mark.parametrize(
     ("name", "settings"),
     [("random", dict(keep=5)), ("random", dict(keep=5, k=2)), ("uniform", dict(keep=4, k=1)),
      ("divprune", dict(keep=5)), ("pdrop", dict(keep=8))],
 )  # fmt: skip
 def test_drop_equals_mask(model, inputs, name, settings):
-    ld, sd, lens, stats = _generate(model, make(name, **settings), inputs)
-    lm, sm, lens_m, _ = _generate(model, make(name, mode="mask", **settings), inputs)
+    ld, sd, lens, stats = run_method(model, make(name, **settings), inputs)
+    lm, sm, lens_m, _ = run_method(model, make(name, mode="mask", **settings), inputs)
     assert (ld - lm).abs().max() < 1e-4 and torch.equal(sd, sm)
     assert lens == [n + 4 for n in stats.layer_seq_lens] and lens_m == [inputs["input_ids"].shape[1] + 4] * 4
 
@@ -188,8 +161,8 @@ def test_drop_equals_mask(model, inputs, name, settings):
 @pytest.mark.parametrize("name", PRE_LM)
 def test_cached_generation_equals_uncached(model, inputs, name):
     """Pre-LM selections ignore the text, so re-pruning the whole sequence each step must agree."""
-    _, cached, lens, stats = _generate(model, make(name, **SETTINGS[name]), inputs, new=3)
-    _, uncached, _, _ = _generate(model, make(name, **SETTINGS[name]), inputs, new=3, use_cache=False)
+    _, cached, lens, stats = run_method(model, make(name, **SETTINGS[name]), inputs, new=3)
+    _, uncached, _, _ = run_method(model, make(name, **SETTINGS[name]), inputs, new=3, use_cache=False)
     assert torch.equal(cached, uncached)
     assert lens == [stats.layer_seq_lens[0] + 2] * 4  # layer 0 already holds only the kept tokens
 

@@ -14,7 +14,7 @@ import math
 
 import pytest
 import torch
-from tiny_llava import IMAGE_TOKEN, batch, prompt, tiny_llava
+from tiny_llava import IMAGE_TOKEN, batch, input_embeds, prompt, tiny_llava
 
 from fastv.methods import PDrop, make
 from fastv.methods.divprune import max_min_diverse
@@ -26,21 +26,6 @@ ONE_IMAGE = [prompt(5, 7, images=1, seed=1), prompt(3, 4, images=1, seed=2)]
 @pytest.fixture(scope="module")
 def model():
     return tiny_llava("sdpa", layers=4)
-
-
-def _embeds(model, inputs) -> torch.Tensor:
-    """The unpruned input embeddings (text embeddings + projected image features), via a layer-0 pre-hook."""
-    seen = {}
-
-    def hook(module, args, kwargs):
-        seen.setdefault("h", (args[0] if args else kwargs["hidden_states"]).clone())
-
-    handle = model.model.language_model.layers[0].register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        model(**inputs)
-    finally:
-        handle.remove()
-    return seen["h"]
 
 
 # ---------------------------------------------------------------------------- PDrop
@@ -95,7 +80,7 @@ def test_pdrop_official_rule(model, positions):
     assert method.position_mode == positions and PDrop(keep=8).position_mode == "contiguous"
     with method.apply(model) as handle:
         model(**inputs)
-    embeds = _embeds(model, inputs)
+    embeds = input_embeds(model, inputs)
     cuts, keeps = method.cuts(4), method.schedule(N, 4)
     assert (cuts, keeps) == ((1, 2, 3), (9, 5, 2))
     width = inputs["input_ids"].shape[1]
@@ -111,7 +96,7 @@ def test_pdrop_official_rule(model, positions):
 def test_pdrop_official_rule_differs_from_previous_layer_scoring(model):
     """Negative control: ranking each cut by the layer before it (fastv's old PDrop) keeps other tokens."""
     inputs = batch(ONE_IMAGE)
-    embeds = _embeds(model, inputs)
+    embeds = input_embeds(model, inputs)
     p = ONE_IMAGE[0]
     image_index = p.index(IMAGE_TOKEN)
     pad = inputs["input_ids"].shape[1] - len(p)
@@ -154,7 +139,7 @@ def test_divprune_official_rule_hand_made_ties():
 
 def test_divprune_official_rule_on_the_model(model):
     inputs = batch(ONE_IMAGE)
-    full = _embeds(model, inputs)
+    full = input_embeds(model, inputs)
     with make("divprune", keep=5).apply(model) as handle:
         model(**inputs)
     for b in range(2):
@@ -223,7 +208,7 @@ def test_visionzip_official_rule(model):
     block = model.model.multi_modal_projector(_official_visionzip(attn, hidden, metric, 3, 2))  # (3 images, 6, H)
     handle, seen, logits = _run_seeing_layer0(model, make("visionzip", keep=6, contextual=2), inputs)
     ids, index, number = inputs["input_ids"], handle.stats.kept_sequence_index, 0
-    embeds = _embeds(model, inputs)
+    embeds = input_embeds(model, inputs)
     for b in range(2):
         rows = []
         for pos in (ids[b] == IMAGE_TOKEN).nonzero().squeeze(1).split(N):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 from tiny_families import qwen2_vl
-from tiny_llava import IMAGE_TOKEN, batch, prompt, tiny_llava
+from tiny_llava import IMAGE_TOKEN, batch, input_embeds, prompt, tiny_llava
 
 from fastv import FastVError
 from fastv.methods import make
@@ -24,20 +24,6 @@ NEW = 4
 @pytest.fixture(scope="module")
 def model():
     return tiny_llava("sdpa", layers=4)
-
-
-def _embeds(model, inputs) -> torch.Tensor:
-    seen = {}
-
-    def hook(module, args, kwargs):
-        seen.setdefault("h", (args[0] if args else kwargs["hidden_states"]).clone())
-
-    pre = model.model.language_model.layers[0].register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        model(**inputs)
-    finally:
-        pre.remove()
-    return seen["h"]
 
 
 def _generate(model, method, inputs):
@@ -55,7 +41,7 @@ def test_layer0_contiguous_is_the_shortened_prompt(model, p):
     inputs = batch([p])
     out, stats = _generate(model, make("divprune", keep=5), inputs)
     kept = stats.kept_sequence_index[0]
-    short = _embeds(model, inputs)[:, kept]
+    short = input_embeds(model, inputs)[:, kept]
     ref = model.generate(
         inputs_embeds=short, attention_mask=torch.ones(1, kept.numel(), dtype=torch.long), max_new_tokens=NEW,
         do_sample=False, return_dict_in_generate=True, output_logits=True, suppress_tokens=[IMAGE_TOKEN],
@@ -88,7 +74,7 @@ def test_cut_after_layer0_matches_teacher_forced_reference(model, positions, nam
     out, stats = _generate(model, make(name, positions=positions, **settings), inputs)
     kept = stats.kept_sequence_index[0]
     new = out.sequences[0, len(p) :]
-    embeds = torch.cat([_embeds(model, inputs), model.get_input_embeddings()(new[None])], dim=1)
+    embeds = torch.cat([input_embeds(model, inputs), model.get_input_embeddings()(new[None])], dim=1)
     ref = _teacher_forced(model, embeds, kept, len(p), settings["k"], positions == "contiguous")
     for t, step in enumerate(out.logits):  # step t's logits come from row (kept - 1 + t)
         assert torch.allclose(step[0], ref[kept.numel() - 1 + t], atol=1e-4), t

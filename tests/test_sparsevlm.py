@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from tiny_families import BUILDERS
-from tiny_llava import IMAGE_TOKEN, left_pad, tiny_llava
+from tiny_llava import IMAGE_TOKEN, left_pad, run_method, tiny_llava
 from transformers import LlavaForConditionalGeneration
 
 from fastv import FastVError
@@ -152,20 +152,11 @@ def test_sparsevlm_budgets_and_accounting():
     assert handle.stats.num_kept == [16]
 
 
-def _generate(model, method, inputs):
-    with method.apply(model) as handle:
-        logits = model(**inputs).logits[:, -1]
-        out = model.generate(
-            **inputs, max_new_tokens=5, do_sample=False, return_dict_in_generate=True, suppress_tokens=[IMAGE_TOKEN]
-        )
-    return logits, out.sequences, [layer.get_seq_length() for layer in out.past_key_values.layers], handle.stats
-
-
 def test_sparsevlm_drop_equals_mask_without_recycling():
     model, inputs = llava36(), batch36([2, 1])
     settings = dict(layers=(1, 3), schedule=(288, 96), recycle=False)
-    ld, sd, lens, stats = _generate(model, SparseVLM(**settings), inputs)
-    lm, sm, _, _ = _generate(model, SparseVLM(mode="mask", **settings), inputs)
+    ld, sd, lens, stats = run_method(model, SparseVLM(**settings), inputs)
+    lm, sm, _, _ = run_method(model, SparseVLM(mode="mask", **settings), inputs)
     assert (ld - lm).abs().max() < 1e-4 and torch.equal(sd, sm)
     assert lens == [n + 4 for n in stats.layer_seq_lens]
 
@@ -174,7 +165,7 @@ def test_sparsevlm_generates_with_recycling():
     """Merged tokens change the cache lengths by the predicted counts and generation runs on them."""
     model, inputs = llava36(), batch36([1])
     method = make("sparsevlm", keep=12, layers=(1, 2, 3))
-    _, seq, lens, stats = _generate(model, method, inputs)
+    _, seq, lens, stats = run_method(model, method, inputs)
     text = inputs["input_ids"].shape[1] - N
     assert lens == [text + v + 4 for v in visual_tokens_per_layer(method, 4, N)]
     assert seq.shape[1] == inputs["input_ids"].shape[1] + 5
@@ -195,8 +186,8 @@ def test_sparsevlm_refusals():
 def test_sparsevlm_other_families(family):
     model, inputs = BUILDERS[family]("sdpa")
     settings = dict(layers=(1, 3), schedule=(288, 144))
-    ld, sd, _, _ = _generate(model, SparseVLM(recycle=False, **settings), inputs)
-    lm, sm, _, _ = _generate(model, SparseVLM(recycle=False, mode="mask", **settings), inputs)
+    ld, sd, _, _ = run_method(model, SparseVLM(recycle=False, **settings), inputs)
+    lm, sm, _, _ = run_method(model, SparseVLM(recycle=False, mode="mask", **settings), inputs)
     assert (ld - lm).abs().max() < 1e-4 and torch.equal(sd, sm)
-    _, seq, lens, stats = _generate(model, SparseVLM(**settings), inputs)  # with recycling
+    _, seq, lens, stats = run_method(model, SparseVLM(**settings), inputs)  # with recycling
     assert lens[0] > lens[1] > lens[3] and seq.shape[1] == inputs["input_ids"].shape[1] + 5

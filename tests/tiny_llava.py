@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
+from fastv.core.hf import compat
+
 IMAGE_TOKEN = 250
 PAD = 0
 VOCAB = 256
@@ -87,3 +89,39 @@ def batch(prompts: list[list[int]], seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     pixels = torch.randn(n_images, 3, 28, 28, generator=g)
     return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}
+
+
+def run_method(model, method, inputs, new: int = 5, **kw):
+    """Under `method`: the prefill's last-token logits, greedy tokens, per-layer cache lengths, stats.
+
+    Image-token ids are suppressed, so a random model never "generates" a visual token.
+    """
+    with method.apply(model) as handle:
+        logits = model(**inputs).logits[:, -1]
+        out = model.generate(
+            **inputs,
+            max_new_tokens=new,
+            do_sample=False,
+            return_dict_in_generate=True,
+            suppress_tokens=[IMAGE_TOKEN],
+            **kw,
+        )
+    cache = compat.output_cache(out)
+    lens = [layer.get_seq_length() for layer in cache.layers] if cache is not None else None
+    return logits, out.sequences, lens, handle.stats
+
+
+def input_embeds(model, inputs) -> torch.Tensor:
+    """The unpruned input embeddings (text embeddings + projected image features), seen by a layer-0
+    pre-hook of a plain forward."""
+    seen = {}
+
+    def hook(module, args, kwargs):
+        seen.setdefault("h", compat.hidden_states(args, kwargs).clone())
+
+    handle = model.model.language_model.layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        model(**inputs)
+    finally:
+        handle.remove()
+    return seen["h"]

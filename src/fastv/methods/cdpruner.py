@@ -39,7 +39,7 @@ from fastv.core.hf.families import Adapter
 from fastv.core.stages import Stage, StageContext
 from fastv.methods.base import Method
 from fastv.methods.grid import ImageRun
-from fastv.methods.per_image import Choice, PerImageStage
+from fastv.methods.per_image import Choice, PerImageStage, alive_features
 
 
 def conditional_kernel(visual: torch.Tensor, text: torch.Tensor, negate: bool = False) -> torch.Tensor:
@@ -99,6 +99,5 @@ class CDPruner(Method):
         rows = ctx.rows[b].contiguous()
         last_visual = int(ctx.visual[b].nonzero().max())
         text_rel = (rows > last_visual).nonzero().squeeze(1)
-        vis_rel = torch.searchsorted(rows, alive.contiguous())
-        kernel = conditional_kernel(ctx.hidden[b, vis_rel], ctx.hidden[b, text_rel], self.negate_relevance)
+        kernel = conditional_kernel(alive_features(ctx, run, alive), ctx.hidden[b, text_rel], self.negate_relevance)
         return Choice(alive[greedy_map(kernel, k)].sort().values)

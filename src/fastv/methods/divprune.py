@@ -24,7 +24,7 @@ from fastv.core.hf.families import Adapter
 from fastv.core.stages import Stage, StageContext
 from fastv.methods.base import Method
 from fastv.methods.grid import ImageRun
-from fastv.methods.per_image import Choice, PerImageStage
+from fastv.methods.per_image import Choice, PerImageStage, alive_features
 
 
 def max_min_diverse(features: torch.Tensor, k: int) -> torch.Tensor:
@@ -67,6 +67,5 @@ class DivPrune(Method):
         k = self.keep_count(run.size)
         if k > alive.numel():
             return Choice(alive.new_zeros(k))  # refused with the image's counts by the caller
-        rel = torch.searchsorted(ctx.rows[run.sample].contiguous(), alive.contiguous())
-        picked = max_min_diverse(ctx.hidden[run.sample, rel], k).to(alive.device)
+        picked = max_min_diverse(alive_features(ctx, run, alive), k).to(alive.device)
         return Choice(alive[picked].sort().values)

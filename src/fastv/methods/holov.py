@@ -50,7 +50,7 @@ from fastv.core.stages import Stage, StageContext
 from fastv.core.vision_taps import feature_attention_layer, images_attention, record_cls_attention
 from fastv.methods.base import Method
 from fastv.methods.grid import ImageRun
-from fastv.methods.per_image import Choice, PerImageStage
+from fastv.methods.per_image import Choice, PerImageStage, alive_features
 
 if TYPE_CHECKING:
     from fastv.core.engine import PruneHandle
@@ -132,8 +132,7 @@ class HoloV(Method):
                 raise FastVError("holov cuts before the language model: it must be the first stage")
             return Choice(alive.new_zeros(k))  # refused with the image's counts by the caller
         attention = images_attention(ctx.extra, KEY, run.number, run.size, self.name).to(alive.device)
-        rel = torch.searchsorted(ctx.rows[run.sample].contiguous(), alive.contiguous())
-        features = ctx.hidden[run.sample, rel]
+        features = alive_features(ctx, run, alive)
         parts = split_regions(run.size, self.regions)
         scores = torch.stack(
             [region_score(features[r.start : r.stop], attention[r.start : r.stop], self.alpha) for r in parts]

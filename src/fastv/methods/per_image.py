@@ -29,6 +29,11 @@ class Choice:
     features: torch.Tensor | None = None  # (c, H)
 
 
+def alive_features(ctx: StageContext, run: ImageRun, alive: torch.Tensor) -> torch.Tensor:
+    """The hidden states entering the stage of one image's alive positions, (len(alive), H)."""
+    return ctx.hidden[run.sample, torch.searchsorted(ctx.rows[run.sample].contiguous(), alive.contiguous())]
+
+
 Choose = Callable[[StageContext, ImageRun, torch.Tensor], Choice]  # (ctx, image, its alive positions)
 
 
