@@ -379,7 +379,7 @@ def test_10_max_new_tokens_0_is_refused_up_front():
 
 @pytest.mark.parametrize("k,ratio,words", [(2.5, 0.5, "whole number"), ("x", 0.5, "numbers"), (2, "nan", "R=")])
 def test_10_demo_refuses_a_fractional_k(k, ratio, words):
-    from fastv.demo.logic import Settings
+    from fastv.demo.settings import Settings
 
     with pytest.raises(FastVError, match=words):
         Settings.parse(k, ratio, "last_token")

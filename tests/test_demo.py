@@ -18,7 +18,8 @@ from tiny_processor import save_tiny_llava
 
 from fastv.analysis import overlay
 from fastv.core.errors import FastVError
-from fastv.demo.logic import Demo, Settings
+from fastv.demo.logic import Demo
+from fastv.demo.settings import Settings
 from fastv.generate import answer
 from fastv.loading import build_inputs, load_model, to_model
 from fastv.methods import FastV
@@ -162,7 +163,7 @@ def test_settings_parse_method_and_keep():
 
 
 def test_video_is_read_as_frames_and_refused_by_an_image_model(demo, tmp_path):
-    from fastv.demo.logic import read_video
+    from fastv.demo.uploads import read_video
 
     frames = [Image.new("RGB", (28, 28), (40 * i, 0, 0)) for i in range(5)]
     gif = tmp_path / "clip.gif"

@@ -26,7 +26,7 @@ pytestmark = [
 def test_browser_upload_submit_screenshot(server, tmp_path):  # noqa: F811
     assert CHROMEDRIVER.exists(), f"{CHROMEDRIVER} is missing: apt-get install chromium-driver"
     from fastv.demo.browser import compare_in_page, overlaps
-    from fastv.demo.logic import Settings
+    from fastv.demo.settings import Settings
 
     url, demo = server  # noqa: F811
     run = compare_in_page(url, SCENE, PROMPT, tmp_path / "demo.png", drag_ratio=60)

@@ -11,13 +11,12 @@ bookkeeping (cache length, M-RoPE deltas) stays right. A method only describes `
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from fastv.core import layer_scoring, masks, positions
-from fastv.core.cost import prefill_report
+from fastv.core import checks, layer_scoring, masks, positions
+from fastv.core.call import Call
 from fastv.core.errors import FastVError
 from fastv.core.hf import attention_tap, compat
 from fastv.core.hf.attention_tap import query_attention
@@ -27,20 +26,6 @@ from fastv.core.stages import Stage, StageContext, StagePlan
 from fastv.core.stats import PruneStats
 
 __all__ = ["PruneHandle"]
-
-
-@dataclass
-class _Call:
-    """State of one top-level forward call (prefill or decode step)."""
-
-    prefill: bool
-    active: bool
-    prompt_len: int
-    past_len: int  # cache entries before this call, counted as if nothing had been pruned
-    input_ids: torch.Tensor | None = None
-    visual: torch.Tensor | None = None
-    text_after: torch.Tensor | None = None  # (B, L) non-pad text after each sample's last visual token
-    attention: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 class PruneHandle:
@@ -53,22 +38,19 @@ class PruneHandle:
         self.model = model
         self.stats: PruneStats | None = None
         self.stages: list[Stage] = sorted(method.build(adapter), key=lambda s: s.layer)
-        self._check_stages(adapter)
+        checks.check_stages(self.stages, adapter, method)
         if getattr(model, "_fastv_handle", None) is not None:
             raise FastVError("a method is already applied to this model: call remove() on the first handle first")
-        impl = compat.attention_implementation(adapter.text_config)
-        if impl.startswith("paged") or "flex" in impl:
-            raise FastVError(f"attention implementation {impl!r} is not supported: use 'sdpa', 'eager' or flash")
+        checks.check_attention(adapter)
         self.extra: dict[str, Any] = {}  # filled by a method's own observers (prepare)
-        self._call: _Call | None = None
+        self._call: Call | None = None
         self._done: list[Selection] = []  # selections of this prefill's stages so far
         self._memo: dict[Any, tuple[Any, Any]] = {}
         self._live = False
         self._warned = False
         self._scoring: int | None = None  # the stage whose own-layer attention is being computed
-        self._renumbering = any(s.positions == "contiguous" for s in self.stages)
-        self._positions: list[positions.StagePositions] = []  # per stage of this prefill, when renumbering
-        self._rotations: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> decode position shift
+        contiguous = [s.positions == "contiguous" for s in self.stages]
+        self._renumbering = positions.Renumbering(contiguous) if any(contiguous) else None
         self._undo: list[Any] = []
         try:
             self._install()
@@ -78,27 +60,6 @@ class PruneHandle:
         model._fastv_handle = self
 
     # ---- installation -------------------------------------------------------------------------
-    def _check_stages(self, adapter: Adapter) -> None:
-        n, name = adapter.num_layers, adapter.family.name
-        for stage in self.stages:
-            if stage.layer >= n:
-                raise FastVError(
-                    f"k={stage.layer} is out of range: the {name} language model has {n} layers; choose k < {n}"
-                )
-            if stage.layer < adapter.min_k:
-                raise FastVError(
-                    f"k={stage.layer} is too small for {name}: its first {adapter.min_k} layers receive deepstack "
-                    f"visual features on the full sequence; choose k >= {adapter.min_k}"
-                )
-            if stage.attention_rows and stage.layer == 0 and stage.scored_at == "previous":
-                raise FastVError("a cut at layer 0 has no earlier layer to take attention from")
-            if stage.positions == "contiguous":
-                positions.check_supported(adapter.model.config.model_type, self.method.name)
-            if stage.merge is not None and self.method.mode == "mask":
-                raise FastVError(f"{self.method.name} merges tokens, which mode='mask' cannot express: use 'drop'")
-        if len({s.layer for s in self.stages}) != len(self.stages):
-            raise FastVError("two cuts at one layer: give each stage its own layer")
-
     def _install(self) -> None:
         a = self.adapter
         tapped = [(i, s) for i, s in enumerate(self.stages) if s.attention_rows]
@@ -148,7 +109,7 @@ class PruneHandle:
         """Classify the call from facts (the cache object and its length, this handle's record)."""
         self._memo.clear()
         cache = compat.find_cache(kwargs, args)
-        self._check_cache(cache)
+        checks.check_cache(cache)
         past_len = compat.cache_length(cache)
         input_ids = compat.input_ids(args, kwargs)
         q_len = compat.query_length(args, kwargs)
@@ -162,7 +123,13 @@ class PruneHandle:
             self._start_prefill(input_ids, kwargs.get(compat.ATTENTION_MASK))
         elif self._call is not None:
             # A decode step may sample an image token id itself; a multi-token chunk with one is a new image.
-            if q_len > 1 and input_ids is not None and bool(torch.isin(input_ids, self._visual_ids(input_ids)).any()):
+            if (
+                q_len > 1
+                and input_ids is not None
+                and bool(
+                    torch.isin(input_ids, torch.tensor(self.adapter.visual_token_ids, device=input_ids.device)).any()
+                )
+            ):
                 raise FastVError(
                     f"this call adds visual tokens to a cache that already holds {past_len} tokens (a second "
                     "image in a multi-turn chat, or chunked prefill): fastv prunes a prompt's visual tokens at "
@@ -176,72 +143,30 @@ class PruneHandle:
                         "with a cut at layer 0, decode steps need explicit position_ids (generate passes them)"
                     )
                 past_len += self._call.prompt_len - first.index.shape[1]
-            self._check_window(past_len + q_len)
-            self._call = _Call(False, self._call.active, self._call.prompt_len, past_len)
+            checks.check_window(self.adapter, self.stages[0].layer, past_len + q_len)
+            self._call = Call(False, self._call.active, self._call.prompt_len, past_len)
         self._live = True
-
-    def _visual_ids(self, like: torch.Tensor) -> torch.Tensor:
-        return torch.tensor(self.adapter.visual_token_ids, device=like.device)
 
     def _on_forward_end(self, *args: Any) -> None:
         self._live = False
         self._memo.clear()
 
     def _start_prefill(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None) -> None:
-        if input_ids is None:
-            raise FastVError("fastv finds visual tokens from input_ids: call the model with input_ids")
-        if attention_mask is not None and attention_mask.ndim == 2 and not bool(attention_mask[:, -1].all()):
-            raise FastVError(
-                "right padding: the last prompt token must sit in the last column; "
-                "set processor.tokenizer.padding_side = 'left'"
-            )
-        visual = torch.isin(input_ids, self._visual_ids(input_ids))
-        visual[:, -1] = False  # the token whose logits generation reads is never dropped
-        batch, length = input_ids.shape
+        self._call = call = Call.prefill_of(input_ids, attention_mask, self.adapter.visual_token_ids)
         self._done = []
         self.stats = None
-        active = bool(visual.any())
-        if not active:
-            msg = "no visual tokens in the prompt (none of the model's image/video token ids): running unpruned"
-            if self.method.require_visual:
-                raise FastVError(msg)
-            if not self._warned:
-                warnings.warn(msg, stacklevel=3)
-                self._warned = True
-            n = self.adapter.num_layers
-            self.stats = PruneStats([visual[0, :0].long()] * batch, [0] * batch, [0] * batch, [length] * n, length)
-        else:
-            self._check_window(length)
-        pos = torch.arange(length, device=input_ids.device)
-        last_visual = torch.where(visual, pos, -1).max(dim=1, keepdim=True).values
-        text_after = pos > last_visual
-        if attention_mask is not None and attention_mask.ndim == 2:
-            text_after &= attention_mask.bool()
-        self._call = _Call(True, active, length, 0, input_ids, visual, text_after)
-
-    def _check_cache(self, cache: Any) -> None:
-        fixed = compat.non_dynamic_layer(cache)
-        if fixed is not None:
-            raise FastVError(
-                f"{type(cache).__name__} ({fixed}) has fixed-size layers that fastv cannot "
-                "shorten: use the default DynamicCache (no cache_implementation='static', no torch.compile "
-                "with static shapes)"
-            )
-
-    def _check_window(self, total_len: int) -> None:
-        cfg, first = self.adapter.text_config, self.stages[0].layer
-        window = getattr(cfg, "sliding_window", None)
-        if window is None or getattr(cfg, "use_sliding_window", True) is False:
+        if call.active:
+            checks.check_window(self.adapter, self.stages[0].layer, call.prompt_len)
             return
-        types = getattr(cfg, "layer_types", None)
-        if types is not None and "sliding_attention" not in types[first:]:
-            return
-        if total_len > window:
-            raise FastVError(
-                f"sequence of {total_len} tokens exceeds the sliding window ({window}) of the pruned layers: "
-                "pruned and unpruned layers would evict different tokens. Shorten the prompt/generation "
-                "or use a model without a shorter sliding window"
-            )
+        msg = "no visual tokens in the prompt (none of the model's image/video token ids): running unpruned"
+        if self.method.require_visual:
+            raise FastVError(msg)
+        if not self._warned:
+            warnings.warn(msg, stacklevel=3)
+            self._warned = True
+        batch, length = call.visual.shape
+        empty = call.visual[0, :0].long()
+        self.stats = PruneStats([empty] * batch, [0] * batch, [0] * batch, [length] * self.adapter.num_layers, length)
 
     # ---- scoring ------------------------------------------------------------------------------
     def _rows(self) -> torch.Tensor:
@@ -299,7 +224,8 @@ class PruneHandle:
         prev = self._done[-1] if self._done else None
         alive = call.visual if prev is None else call.visual & prev.keep_mask
         if n == 0:
-            self._positions, self._rotations = [], {}
+            if self._renumbering is not None:
+                self._renumbering.reset()
         if stage.attention_rows and stage.scored_at == "own":
             self._score_own_layer(n, args, kwargs)
         attention = call.attention.pop(n, (None, None, None))
@@ -318,8 +244,8 @@ class PruneHandle:
             raise FastVError(f"{self.method.name}: a stage without `keep` must return (scores, kept per sample)")
         sel = select(scores, alive, keep, None if prev is None else prev.keep_mask, rows if drop else None)
         self._done.append(sel)
-        if self._renumbering:
-            self._positions.append(self._stage_positions(sel, drop))
+        if self._renumbering is not None:
+            self._renumbering.add(sel, drop)
         if drop:
             if stage.merge is not None:
                 new_hidden = stage.merge(ctx, sel)
@@ -350,62 +276,22 @@ class PruneHandle:
         finally:
             self._scoring = None
 
-    def _stage_positions(self, sel: Selection, drop: bool) -> positions.StagePositions:
-        """Stage len(_positions)'s table columns: kept as before, or renumbered (its `positions`)."""
-        n = len(self._positions)
-        keep = sel.keep_mask
-        previous = self._positions[-1].columns if n else positions.first_columns(*keep.shape, keep.device)
-        rows = sel.index if drop else positions.first_columns(*keep.shape, keep.device)
-        return positions.renumber(previous, keep, rows, self.stages[n].positions == "contiguous")
-
     def _renumbered(self, i: int, n: int, kwargs: dict, pe: Any, ids: Any) -> dict:
-        """Layer i (stage n) with its stage's positions; a no-op unless some stage renumbers.
-
-        pe, ids: the position embeddings and ids the layer received (the full prompt's at prefill).
-        """
-        if not self._renumbering or n >= len(self._positions):
+        """Layer i (stage n) with its stage's positions; a no-op unless some stage renumbers."""
+        if self._renumbering is None:
             return kwargs
-        at = self._positions[n]
-        if self._call.prefill:
-            if pe is not None:
-                kwargs[compat.POSITION_EMBEDDINGS] = self._memoized(
-                    ("pe", n), pe, lambda p: positions.prefill_embeddings(p, at.slots)
-                )
-                self._rotations[i] = self._memoized(("rot", n), pe, lambda p: positions.decode_rotation(p, at))
-            if ids is not None:
-                kwargs[compat.POSITION_IDS] = self._memoized(
-                    ("ids", n), ids, lambda p: positions.take_columns(p, at.slots, -1)
-                )
-            return kwargs
-        if pe is not None:
-            kwargs[compat.POSITION_EMBEDDINGS] = self._memoized(
-                ("pe", n), pe, lambda p: positions.rotate(p, self._rotations[i])
-            )
-        if ids is not None:
-            kwargs[compat.POSITION_IDS] = self._memoized(
-                ("ids", n), ids, lambda p: p - at.shift.view(-1, 1).to(p.dtype)
-            )
-        return kwargs
+        return self._renumbering.apply(i, n, kwargs, pe, ids, self._call.prefill, self._memoized)
 
     def _record_stats(self, scores: torch.Tensor) -> None:
-        call, drop, n_layers = self._call, self.method.mode == "drop", self.adapter.num_layers
-        lens, width = [], call.prompt_len
-        cuts = {s.layer: sel for s, sel in zip(self.stages, self._done, strict=True)}
-        for layer in range(n_layers):
-            if drop and layer in cuts:
-                width = cuts[layer].index.shape[1]
-            lens.append(width)
-        last, first = self._done[-1], self._done[0]
-        self.stats = PruneStats(
-            kept_positions=last.kept_visual,
-            num_visual=first.num_visual,
-            num_kept=last.num_kept,
-            layer_seq_lens=lens,
-            prompt_len=call.prompt_len,
-            kept_sequence_index=last.index,
-            scores=scores,
-            stage_kept=[s.num_kept for s in self._done],
-            flops=prefill_report(self.adapter.text_config, lens, call.visual.shape[0], call.prompt_len).to_dict(),
+        call = self._call
+        self.stats = PruneStats.of_prefill(
+            [s.layer for s in self.stages],
+            self._done,
+            scores,
+            self.method.mode == "drop",
+            call.prompt_len,
+            self.adapter.text_config,
+            self.adapter.num_layers,
         )
 
     def _memoized(self, key: Any, obj: Any, fn) -> Any:
@@ -422,7 +308,7 @@ class PruneHandle:
             kwargs[compat.ATTENTION_MASK] = self._memoized(
                 n,
                 kwargs.get(compat.ATTENTION_MASK),
-                lambda m: masks.restrict_columns(m, sel.keep_mask, call.prompt_len, _dtype(m)),
+                lambda m: masks.restrict_columns(m, sel.keep_mask, call.prompt_len, masks.dtype_of(m)),
             )
             return args, kwargs
         index = sel.index
@@ -436,7 +322,7 @@ class PruneHandle:
                 n, kwargs[compat.POSITION_IDS], lambda p: positions.take_columns(p, index, -1)
             )
         kwargs[compat.ATTENTION_MASK] = self._memoized(
-            n, kwargs.get(compat.ATTENTION_MASK), lambda m: _prefill_mask(m, sel)
+            n, kwargs.get(compat.ATTENTION_MASK), lambda m: masks.prefill_mask(m, sel)
         )
         return args, kwargs
 
@@ -450,7 +336,9 @@ class PruneHandle:
             ones = torch.ones(sel.keep_mask.shape[0], new, dtype=torch.bool, device=hs.device)
             col_ok = torch.cat([sel.keep_mask, ones], dim=1)
             kwargs[compat.ATTENTION_MASK] = self._memoized(
-                n, kwargs.get(compat.ATTENTION_MASK), lambda m: masks.restrict_columns(m, col_ok, q_len, _dtype(m))
+                n,
+                kwargs.get(compat.ATTENTION_MASK),
+                lambda m: masks.restrict_columns(m, col_ok, q_len, masks.dtype_of(m)),
             )
             return args, kwargs
         kept = sel.index.shape[1]
@@ -467,44 +355,6 @@ class PruneHandle:
         kwargs[compat.ATTENTION_MASK] = self._memoized(
             n,
             kwargs.get(compat.ATTENTION_MASK),
-            lambda m: _decode_mask(m, self._done, n, call.prompt_len, full_total, q_len),
+            lambda m: masks.decode_mask(m, self._done, n, call.prompt_len, full_total, q_len),
         )
         return args, kwargs
-
-
-def _prefill_mask(mask: torch.Tensor | None, sel: Selection) -> torch.Tensor | None:
-    out = masks.gather_square(mask, sel.index)
-    if sel.valid is not None:
-        out = masks.restrict_columns(out, sel.valid, sel.index.shape[1], _dtype(mask))
-    return out
-
-
-def _decode_mask(mask, done: list[Selection], n: int, prompt_len: int, full_total: int, q_len: int):
-    """Key columns of a decode-step mask for layers that cache only stage n's kept tokens.
-
-    transformers sizes a mask from one layer's cache (the first layer of that attention type), so
-    it may come in the full geometry or in any stage's shortened one; map its columns to stage n's.
-    """
-    sel = done[n]
-    b, kept = sel.index.shape
-    new = full_total - prompt_len
-    if mask is not None and mask.shape[-1] != kept + new:
-        width = mask.shape[-1]
-        tail = torch.arange(new, device=sel.index.device).expand(b, -1)
-        if width == full_total:
-            cols = torch.cat([sel.index, tail + prompt_len], dim=1)
-        else:
-            src = next((d for d in done[:n] if d.index.shape[1] + new == width), None)
-            if src is None:
-                raise FastVError(f"attention mask has {width} key columns; expected {full_total} or {kept + new}")
-            rel = torch.searchsorted(src.index.contiguous(), sel.index.contiguous())
-            cols = torch.cat([rel, tail + src.index.shape[1]], dim=1)
-        mask = masks.select_columns(mask, cols)
-    if sel.valid is None:
-        return mask
-    ones = torch.ones(b, new, dtype=torch.bool, device=sel.index.device)
-    return masks.restrict_columns(mask, torch.cat([sel.valid, ones], dim=1), q_len, _dtype(mask))
-
-
-def _dtype(mask: torch.Tensor | None) -> torch.dtype:
-    return torch.bool if mask is None else mask.dtype

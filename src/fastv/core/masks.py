@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from fastv.core.errors import FastVError
+from fastv.core.selection import Selection
 
 
 def allowed(mask: torch.Tensor) -> torch.Tensor:
@@ -92,3 +93,43 @@ def _check4d(mask: torch.Tensor) -> None:
         raise FastVError(
             f"unsupported attention mask ({type(mask).__name__}); use attn_implementation='sdpa' or 'eager'"
         )
+
+
+def dtype_of(mask: torch.Tensor | None) -> torch.dtype:
+    """The dtype a restricted mask takes: the incoming one's, or boolean where none came."""
+    return torch.bool if mask is None else mask.dtype
+
+
+def prefill_mask(mask: torch.Tensor | None, sel: Selection) -> torch.Tensor | None:
+    """A prefill layer's mask after a cut: the kept rows and columns, minus the selection's invalid keys."""
+    out = gather_square(mask, sel.index)
+    if sel.valid is not None:
+        out = restrict_columns(out, sel.valid, sel.index.shape[1], dtype_of(mask))
+    return out
+
+
+def decode_mask(mask, done: list[Selection], n: int, prompt_len: int, full_total: int, q_len: int):
+    """Key columns of a decode-step mask for layers that cache only stage n's kept tokens.
+
+    transformers sizes a mask from one layer's cache (the first layer of that attention type), so
+    it may come in the full geometry or in any stage's shortened one; map its columns to stage n's.
+    """
+    sel = done[n]
+    b, kept = sel.index.shape
+    new = full_total - prompt_len
+    if mask is not None and mask.shape[-1] != kept + new:
+        width = mask.shape[-1]
+        tail = torch.arange(new, device=sel.index.device).expand(b, -1)
+        if width == full_total:
+            cols = torch.cat([sel.index, tail + prompt_len], dim=1)
+        else:
+            src = next((d for d in done[:n] if d.index.shape[1] + new == width), None)
+            if src is None:
+                raise FastVError(f"attention mask has {width} key columns; expected {full_total} or {kept + new}")
+            rel = torch.searchsorted(src.index.contiguous(), sel.index.contiguous())
+            cols = torch.cat([rel, tail + src.index.shape[1]], dim=1)
+        mask = select_columns(mask, cols)
+    if sel.valid is None:
+        return mask
+    ones = torch.ones(b, new, dtype=torch.bool, device=sel.index.device)
+    return restrict_columns(mask, torch.cat([sel.valid, ones], dim=1), q_len, dtype_of(mask))

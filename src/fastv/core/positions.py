@@ -24,11 +24,15 @@ Multimodal RoPE (Qwen-VL's 3-row positions) has no 1D renumbering: it is refused
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from fastv.core.errors import FastVError
+from fastv.core.hf import compat
+from fastv.core.selection import Selection
 
 MROPE_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
@@ -103,3 +107,51 @@ def rotate(pe: tuple[torch.Tensor, torch.Tensor], factor: tuple[torch.Tensor, to
     fc, fs = factor
     c, s = cos.float(), sin.float()
     return (c * fc - s * fs).to(cos.dtype), (s * fc + c * fs).to(sin.dtype)
+
+
+Memo = Callable[[Any, Any, Callable[[Any], Any]], Any]  # (key, obj, fn) -> fn(obj), once per forward
+
+
+class Renumbering:
+    """One handle's position bookkeeping when some stage renumbers (`positions="contiguous"`).
+
+    Per prefill it records each stage's `StagePositions` as the stages cut, and the decode-step
+    rotation of each layer from the prefill's rotary table; `apply` gives a layer its stage's
+    position embeddings and ids, at prefill and at every decode step.
+    """
+
+    def __init__(self, contiguous: list[bool]) -> None:
+        self.contiguous = contiguous  # per stage
+        self.stages: list[StagePositions] = []
+        self.rotations: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> decode position shift
+
+    def reset(self) -> None:
+        self.stages, self.rotations = [], {}
+
+    def add(self, sel: Selection, drop: bool) -> None:
+        """The next stage's table columns: kept as before, or renumbered."""
+        n, keep = len(self.stages), sel.keep_mask
+        previous = self.stages[-1].columns if n else first_columns(*keep.shape, keep.device)
+        rows = sel.index if drop else first_columns(*keep.shape, keep.device)
+        self.stages.append(renumber(previous, keep, rows, self.contiguous[n]))
+
+    def apply(self, i: int, n: int, kwargs: dict, pe: Any, ids: Any, prefill: bool, memo: Memo) -> dict:
+        """Layer i (stage n)'s kwargs with its stage's positions.
+
+        pe, ids: the position embeddings and ids the layer received (the full prompt's at prefill).
+        """
+        if n >= len(self.stages):
+            return kwargs
+        at = self.stages[n]
+        if prefill:
+            if pe is not None:
+                kwargs[compat.POSITION_EMBEDDINGS] = memo(("pe", n), pe, lambda p: prefill_embeddings(p, at.slots))
+                self.rotations[i] = memo(("rot", n), pe, lambda p: decode_rotation(p, at))
+            if ids is not None:
+                kwargs[compat.POSITION_IDS] = memo(("ids", n), ids, lambda p: take_columns(p, at.slots, -1))
+            return kwargs
+        if pe is not None:
+            kwargs[compat.POSITION_EMBEDDINGS] = memo(("pe", n), pe, lambda p: rotate(p, self.rotations[i]))
+        if ids is not None:
+            kwargs[compat.POSITION_IDS] = memo(("ids", n), ids, lambda p: p - at.shift.view(-1, 1).to(p.dtype))
+        return kwargs

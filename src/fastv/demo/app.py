@@ -1,6 +1,7 @@
-"""The demo's page: Gradio layout and wiring only; every computation lives in `fastv.demo.logic`.
+"""The demo's page: Gradio layout and wiring only; every computation lives in `fastv.demo.logic`
+(and the modules it uses).
 
-Events run with `preprocess=False`: an unreadable upload then reaches `logic.read_image`, which
+Events run with `preprocess=False`: an unreadable upload then reaches `uploads.read_image`, which
 answers with a message in the page, instead of failing inside Gradio's own image decoding.
 """
 
@@ -17,7 +18,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no usage 
 import gradio as gr  # noqa: E402
 
 from fastv.core.errors import FastVError  # noqa: E402  # noqa: E402
-from fastv.demo.logic import Comparison, Demo, Settings  # noqa: E402
+from fastv.demo import Comparison, Demo, Settings  # noqa: E402
 from fastv.methods import METHODS  # noqa: E402
 from fastv.zoo.default_model import EXAMPLES_DIR
 
@@ -78,6 +79,13 @@ def _message(comparison: Comparison | None, error: str) -> str:
 
 def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _picture(caption: str, label: str, elem_id: str):
+    """A captioned PNG panel of the result row (what was kept, the attention chart)."""
+    with gr.Column(min_width=200):
+        gr.Markdown(caption, elem_classes="caption")
+        return gr.Image(label=label, show_label=False, format="png", height=290, elem_id=elem_id, buttons=[])
 
 
 def build(demo: Demo) -> gr.Blocks:
@@ -151,26 +159,8 @@ def build(demo: Demo) -> gr.Blocks:
                     fast = gr.Textbox(label="Pruned (the method)", elem_id="fastv-answer", scale=3)
                     kept = gr.Textbox(label="Visual tokens kept", elem_id="kept", scale=2)
                 with gr.Row():
-                    with gr.Column(min_width=200):
-                        gr.Markdown("**What the method kept** (pruned patches greyed)", elem_classes="caption")
-                        masked = gr.Image(
-                            label="Kept patches",
-                            show_label=False,
-                            format="png",
-                            height=290,
-                            elem_id="masked",
-                            buttons=[],
-                        )
-                    with gr.Column(min_width=200):
-                        gr.Markdown("**Attention per layer** (full model)", elem_classes="caption")
-                        chart = gr.Image(
-                            label="Attention per layer",
-                            show_label=False,
-                            format="png",
-                            height=290,
-                            elem_id="chart",
-                            buttons=[],
-                        )
+                    masked = _picture("**What the method kept** (pruned patches greyed)", "Kept patches", "masked")
+                    chart = _picture("**Attention per layer** (full model)", "Attention per layer", "chart")
                 flops = gr.Markdown(elem_id="flops")
 
         inputs = [image, video, prompt, k, ratio, scorer, method, keep]

@@ -3,8 +3,8 @@
 The settings pick any method (`fastv methods`, or a composition a+b) and its budget; FastV is the
 default. The full model's answer depends only on the image and the prompt, so it is cached on those
 and moving the K / R sliders, the budget or the method reruns the pruned model alone (both prefills
-are re-timed side by side, since a timing is only comparable to one taken under the same load). Bad input raises `FastVError`
-with a message meant for the page; `Demo.safe_compare` turns any failure into such a message so a
+are re-timed side by side, since a timing is only comparable to one taken under the same load). Bad
+input raises `FastVError` with a message meant for the page; `Demo.safe_compare` turns any failure into such a message so a
 request can never take the server down.
 """
 
@@ -12,203 +12,30 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import tempfile
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageSequence, UnidentifiedImageError
+from PIL import Image
 
 from fastv import run
 from fastv.analysis import overlay
-from fastv.core.cost import TextShape, format_flops
 from fastv.core.errors import FastVError
 from fastv.core.hf.families import resolve
-from fastv.flops.llm import theory_layer_flops
-from fastv.flops.vision import vision_flops
+from fastv.demo.comparison import Comparison, FullRun, flops_of
+from fastv.demo.settings import Settings
+from fastv.demo.uploads import VIDEO_FRAMES, digest, read_image, read_video
 from fastv.generate import Answer, answer, context_note, kept_note
 from fastv.loading import build_inputs, to_model
 from fastv.methods import FastV, Method
 
+__all__ = ["Demo", "time_prefills"]
+
 log = logging.getLogger(__name__)
-VIDEO_FRAMES = 8
 CACHE_SIZE = 32
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The page's knobs: the method, K (its layer, where it has one), R (share dropped) or a budget
-    `keep` (visual tokens kept, instead of R), and FastV's scorer."""
-
-    k: int = 2
-    ratio: float = 0.5
-    scorer: str = "last_token"
-    method: str = "fastv"
-    keep: int | None = None
-
-    @classmethod
-    def parse(cls, k: Any, ratio: Any, scorer: Any, method: Any = "fastv", keep: Any = None) -> Settings:
-        """Settings from a request's raw values: K a whole number (2.5 is refused, not truncated),
-        R a finite number, keep empty or a whole number, the scorer and method strings; the method
-        checks its own settings against the model (`Demo`)."""
-        try:
-            k_value, r_value = float(k), float(ratio)
-        except (TypeError, ValueError) as err:
-            raise FastVError(f"K={k!r} and R={ratio!r} must be numbers") from err
-        if not math.isfinite(k_value) or k_value != int(k_value):
-            raise FastVError(f"K={k}: K is a layer index, give a whole number")
-        if not math.isfinite(r_value):
-            raise FastVError(f"R={ratio}: give a share between 0 and 1, e.g. 0.5")
-        if not isinstance(scorer, str):
-            raise FastVError(f"scorer={scorer!r}: choose 'last_token' or 'random'")
-        if not isinstance(method, str) or not method.strip():
-            raise FastVError(f"method={method!r}: choose one of `fastv methods`, e.g. fastv")
-        keep_value = None
-        if keep is not None and str(keep).strip() != "":
-            try:
-                keep_value = float(keep)
-            except (TypeError, ValueError) as err:
-                raise FastVError(f"keep={keep!r}: give a whole number of visual tokens, or leave it empty") from err
-            if not math.isfinite(keep_value) or keep_value != int(keep_value):
-                raise FastVError(f"keep={keep}: give a whole number of visual tokens, or leave it empty to use R")
-        return cls(int(k_value), r_value, scorer, method.strip(), None if keep_value is None else int(keep_value))
-
-    def label(self) -> str:
-        """What the page calls the pruned run: 'fastv k=2 r=0.5', 'pool keep=64'."""
-        return run.describe(self.method_for())
-
-    def method_for(self) -> Method:
-        """The method these settings describe; it refuses what it cannot do (`fastv.run.method_from_options`)."""
-        ratio = None if self.keep is not None else self.ratio
-        return run.method_from_options(self.method, k=self.k, ratio=ratio, keep=self.keep, scorer=self.scorer)
-
-
-@dataclass
-class FullRun:
-    """The full model on one (image, prompt): cached, since no slider changes it."""
-
-    answer: Answer
-    allocation: Path | None  # per-layer attention allocation chart (PNG)
-    note: str = ""
-
-
-@dataclass
-class Flops:
-    """Prefill FLOPs, full vs pruned: exact for the language model, the paper's formula, the vision side."""
-
-    llm_full: int
-    llm_fastv: int
-    theory_full: float  # the paper's 4nd^2 + 2n^2d + 2ndm per layer (multiply-accumulates)
-    theory_fastv: float
-    vision: int | None  # tower + projector: identical with and without FastV
-
-    @staticmethod
-    def reduction(full: float, pruned: float) -> float:
-        return 1 - pruned / full if full else 0.0
-
-
-@dataclass
-class Comparison:
-    """Everything the page shows for one request."""
-
-    full_answer: str
-    fastv_answer: str
-    kept: int
-    total: int
-    flops: Flops
-    prefill_full_s: float
-    prefill_fastv_s: float
-    masked: Image.Image  # the processed image, pruned patches greyed out
-    allocation: Path | None
-    full_cached: bool  # the full model's result came from the cache (only the pruned model ran)
-    timing_repeats: int = 5  # prefill times are the best of this many runs
-    notes: list[str] = field(default_factory=list)
-    method: str = "FastV"  # the pruned run's label (`Settings.label`)
-
-    def flops_markdown(self) -> str:
-        """A small table: FLOPs and measured prefill time, full vs the method."""
-        f = self.flops
-        rows = [
-            ("LLM prefill, exact", format_flops(f.llm_full), format_flops(f.llm_fastv), f.llm_full, f.llm_fastv),
-            (
-                "LLM prefill, paper formula (MACs)",
-                _si(f.theory_full),
-                _si(f.theory_fastv),
-                f.theory_full,
-                f.theory_fastv,
-            ),
-        ]
-        if f.vision is not None:
-            full, fast = f.vision + f.llm_full, f.vision + f.llm_fastv
-            rows.append(("whole prefill incl. vision tower", format_flops(full), format_flops(fast), full, fast))
-        rows.append(
-            (
-                f"measured prefill time (best of {self.timing_repeats})",
-                f"{self.prefill_full_s * 1000:.1f} ms",
-                f"{self.prefill_fastv_s * 1000:.1f} ms",
-                self.prefill_full_s,
-                self.prefill_fastv_s,
-            )
-        )
-        lines = [f"| | full model | {self.method} | change |", "|---|---:|---:|---:|"]
-        for name, a, b, x, y in rows:
-            lines.append(f"| {name} | {a} | {b} | {-Flops.reduction(x, y):+.1%} |")
-        return "\n".join(lines)
-
-
-def _si(value: float) -> str:
-    return format_flops(value).replace("FLOPs", "MACs")
-
-
-# ---- reading uploads ---------------------------------------------------------------------------
-def read_image(image: Any) -> Image.Image:
-    """An upload (path, PIL image or array) as RGB; an unreadable file becomes a readable error."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, np.ndarray):
-        return Image.fromarray(image.astype(np.uint8)).convert("RGB")
-    path = Path(str(image))
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        reason = "not an image format Pillow can read" if isinstance(err, UnidentifiedImageError) else str(err)
-        raise FastVError(f"could not read {path.name!r} as an image ({reason}); upload a PNG or JPEG") from err
-
-
-def read_video(path: Any, frames: int = VIDEO_FRAMES) -> list[Image.Image]:
-    """`frames` evenly spaced frames of a video file (animated GIF with Pillow; other formats via PyAV)."""
-    path = Path(str(path))
-    try:
-        with Image.open(path) as im:
-            all_frames = [f.convert("RGB") for f in ImageSequence.Iterator(im)]
-    except (UnidentifiedImageError, OSError):
-        try:
-            import av  # optional: decoding mp4/webm needs it
-        except ImportError as err:
-            raise FastVError(f"decoding {path.suffix or 'this'} video needs PyAV (`pip install av`)") from err
-        try:
-            with av.open(str(path)) as container:
-                all_frames = [f.to_image().convert("RGB") for f in container.decode(video=0)]
-        except Exception as err:  # PyAV raises its own error types
-            raise FastVError(f"could not decode {path.name!r} as a video: {err}") from err
-    if not all_frames:
-        raise FastVError(f"{path.name!r} holds no frames")
-    idx = np.linspace(0, len(all_frames) - 1, min(frames, len(all_frames))).round().astype(int)
-    return [all_frames[i] for i in idx]
-
-
-def _digest(images: list[Image.Image]) -> str:
-    h = hashlib.sha1()
-    for im in images:
-        h.update(f"{im.size}{im.mode}".encode())
-        h.update(im.tobytes())
-    return h.hexdigest()
 
 
 def time_prefills(
@@ -226,7 +53,6 @@ def time_prefills(
     return full, pruned
 
 
-# ---- the demo ----------------------------------------------------------------------------------
 class Demo:
     """One loaded model and the caches of its results; `compare` is what a request runs."""
 
@@ -282,7 +108,7 @@ class Demo:
         with self._lock:
             pruner.apply(self.model).remove()  # the method's own checks against this model, before any run
             inputs = to_model(build_inputs(self.processor, images, prompt, video=frames), self.model)
-            key = (_digest(images + (frames or [])), prompt)
+            key = (digest(images + (frames or [])), prompt)
             cached = key in self._full
             full = self._full_run(key, inputs)
             fast = self._fastv_run(key, inputs, pruner, settings)
@@ -295,7 +121,7 @@ class Demo:
             fastv_answer=fast.text,
             kept=sum(stats.num_kept),
             total=sum(stats.num_visual),
-            flops=self._flops(stats),
+            flops=flops_of(self.model.config, stats),
             prefill_full_s=full_s,
             prefill_fastv_s=fast_s,
             masked=masked,
@@ -391,27 +217,6 @@ class Demo:
                 picture = picture.resize(size)
             out.append(picture)
         return out
-
-    def _flops(self, stats: Any) -> Flops:
-        config = self.model.config
-        shape = TextShape.from_config(config)
-        n, layers = stats.prompt_len, shape.num_layers
-
-        def theory(tokens: int) -> float:
-            return theory_layer_flops(tokens, shape.hidden, shape.intermediate)
-
-        try:
-            v = vision_flops(config, sum(stats.num_visual))
-            vision = (v.tower + v.projector) or None
-        except Exception:  # an unusual vision config: show the language model only
-            vision = None
-        return Flops(
-            llm_full=stats.flops["full"],  # the engine's exact count of this very prefill
-            llm_fastv=stats.flops["pruned"],
-            theory_full=layers * theory(n),
-            theory_fastv=sum(theory(m) for m in stats.layer_seq_lens),  # per layer, as the method ran
-            vision=vision,
-        )
 
 
 def _put(cache: OrderedDict, key: Any, value: Any) -> None:

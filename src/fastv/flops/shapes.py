@@ -33,6 +33,14 @@ _QWEN25_VIT = dict(
 )  # fmt: skip
 
 
+def _qwen_text(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, vocab: int) -> dict[str, int]:
+    """A Qwen2 text config's widths and depths (the rest keeps transformers' defaults)."""
+    return dict(
+        hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class KnownShape:
     """One named model: the config facts and the visual input it usually sees."""
@@ -93,14 +101,7 @@ KNOWN_SHAPES: dict[str, KnownShape] = {
             "qwen2-vl-2b",
             "Qwen/Qwen2-VL-2B-Instruct",
             "qwen2_vl",
-            dict(
-                hidden_size=1536,
-                intermediate_size=8960,
-                num_hidden_layers=28,
-                num_attention_heads=12,
-                num_key_value_heads=2,
-                vocab_size=151936,
-            ),
+            _qwen_text(hidden=1536, intermediate=8960, layers=28, heads=12, kv_heads=2, vocab=151936),
             {**_QWEN2_VIT, "hidden_size": 1536},
             extra={"tie_word_embeddings": True},
             note="dynamic resolution; default a 672x672 image -> 576 visual tokens",
@@ -109,14 +110,7 @@ KNOWN_SHAPES: dict[str, KnownShape] = {
             "qwen2-vl-7b",
             "Qwen/Qwen2-VL-7B-Instruct",
             "qwen2_vl",
-            dict(
-                hidden_size=3584,
-                intermediate_size=18944,
-                num_hidden_layers=28,
-                num_attention_heads=28,
-                num_key_value_heads=4,
-                vocab_size=152064,
-            ),
+            _qwen_text(hidden=3584, intermediate=18944, layers=28, heads=28, kv_heads=4, vocab=152064),
             {**_QWEN2_VIT, "hidden_size": 3584},
             note="dynamic resolution; default a 672x672 image -> 576 visual tokens",
         ),  # fmt: skip
@@ -124,14 +118,7 @@ KNOWN_SHAPES: dict[str, KnownShape] = {
             "qwen2.5-vl-3b",
             "Qwen/Qwen2.5-VL-3B-Instruct",
             "qwen2_5_vl",
-            dict(
-                hidden_size=2048,
-                intermediate_size=11008,
-                num_hidden_layers=36,
-                num_attention_heads=16,
-                num_key_value_heads=2,
-                vocab_size=151936,
-            ),
+            _qwen_text(hidden=2048, intermediate=11008, layers=36, heads=16, kv_heads=2, vocab=151936),
             {**_QWEN25_VIT, "out_hidden_size": 2048},
             extra={"tie_word_embeddings": True},
             note="dynamic resolution, windowed ViT; default a 672x672 image -> 576 visual tokens",
@@ -140,14 +127,7 @@ KNOWN_SHAPES: dict[str, KnownShape] = {
             "qwen2.5-vl-7b",
             "Qwen/Qwen2.5-VL-7B-Instruct",
             "qwen2_5_vl",
-            dict(
-                hidden_size=3584,
-                intermediate_size=18944,
-                num_hidden_layers=28,
-                num_attention_heads=28,
-                num_key_value_heads=4,
-                vocab_size=152064,
-            ),
+            _qwen_text(hidden=3584, intermediate=18944, layers=28, heads=28, kv_heads=4, vocab=152064),
             {**_QWEN25_VIT, "out_hidden_size": 3584},
             note="dynamic resolution, windowed ViT; default a 672x672 image -> 576 visual tokens",
         ),  # fmt: skip

@@ -39,7 +39,7 @@ from fastv.core.hf.families import Adapter
 from fastv.core.stages import Stage, StageContext
 from fastv.methods.base import Method
 from fastv.methods.grid import ImageRun
-from fastv.methods.per_image import Choice, PerImageStage, alive_features
+from fastv.methods.per_image import Choice, PerImageStage, alive_features, image_budget
 
 
 def conditional_kernel(visual: torch.Tensor, text: torch.Tensor, negate: bool = False) -> torch.Tensor:
@@ -92,9 +92,7 @@ class CDPruner(Method):
         return [PerImageStage(self.name, self.choose).stage(0)]
 
     def choose(self, ctx: StageContext, run: ImageRun, alive: torch.Tensor) -> Choice:
-        k = self.keep_count(run.size)
-        if k > alive.numel():
-            return Choice(alive.new_zeros(k))  # refused with the image's counts by the caller
+        k = image_budget(self.name, self.keep_count(run.size), run, alive)
         b = run.sample
         rows = ctx.rows[b].contiguous()
         last_visual = int(ctx.visual[b].nonzero().max())

@@ -53,7 +53,7 @@ from fastv.core.layer_taps import record_keys
 from fastv.core.stages import Stage, StageContext
 from fastv.methods.base import Method
 from fastv.methods.grid import ImageRun
-from fastv.methods.per_image import Choice, PerImageStage
+from fastv.methods.per_image import Choice, PerImageStage, image_budget
 
 if TYPE_CHECKING:
     from fastv.core.engine import PruneHandle
@@ -123,9 +123,7 @@ class DART(Method):
             raise FastVError(f"dart: no keys of layer {self.k - 1} were recorded for this prefill")
         b = run.sample
         rows = ctx.rows[b].contiguous()
-        k = self.keep_count(run.size)
-        if k > alive.numel():
-            return Choice(alive.new_zeros(k))  # refused with the image's counts by the caller
+        k = image_budget(self.name, self.keep_count(run.size), run, alive)
         norms = keys[b].float().abs().sum(dim=(0, 2))  # (Lc,) L1 norm over all heads
         last_visual = int(ctx.visual[b].nonzero().max())
         text = rows[rows > last_visual]

@@ -24,7 +24,7 @@ from fastv.core.hf.families import Adapter
 from fastv.core.stages import Stage, StageContext
 from fastv.methods.base import Method
 from fastv.methods.grid import ImageRun
-from fastv.methods.per_image import Choice, PerImageStage, alive_features
+from fastv.methods.per_image import Choice, PerImageStage, alive_features, image_budget
 
 
 def max_min_diverse(features: torch.Tensor, k: int) -> torch.Tensor:
@@ -64,8 +64,6 @@ class DivPrune(Method):
         return [PerImageStage(self.name, self.choose).stage(0)]
 
     def choose(self, ctx: StageContext, run: ImageRun, alive: torch.Tensor) -> Choice:
-        k = self.keep_count(run.size)
-        if k > alive.numel():
-            return Choice(alive.new_zeros(k))  # refused with the image's counts by the caller
+        k = image_budget(self.name, self.keep_count(run.size), run, alive)
         picked = max_min_diverse(alive_features(ctx, run, alive), k).to(alive.device)
         return Choice(alive[picked].sort().values)

@@ -50,7 +50,7 @@ from fastv.core.stages import Stage, StageContext
 from fastv.core.vision_taps import feature_attention_layer, images_attention, record_cls_attention
 from fastv.methods.base import Method
 from fastv.methods.grid import ImageRun
-from fastv.methods.per_image import Choice, PerImageStage, alive_features
+from fastv.methods.per_image import Choice, PerImageStage, alive_features, image_budget
 
 if TYPE_CHECKING:
     from fastv.core.engine import PruneHandle
@@ -126,11 +126,9 @@ class HoloV(Method):
         return [record_cls_attention(handle, KEY, self.name)]
 
     def choose(self, ctx: StageContext, run: ImageRun, alive: torch.Tensor) -> Choice:
-        k = self.keep_count(run.size)
-        if k > alive.numel() or alive.numel() != run.size:
-            if k <= alive.numel():
-                raise FastVError("holov cuts before the language model: it must be the first stage")
-            return Choice(alive.new_zeros(k))  # refused with the image's counts by the caller
+        k = image_budget(self.name, self.keep_count(run.size), run, alive)
+        if alive.numel() != run.size:
+            raise FastVError("holov cuts before the language model: it must be the first stage")
         attention = images_attention(ctx.extra, KEY, run.number, run.size, self.name).to(alive.device)
         features = alive_features(ctx, run, alive)
         parts = split_regions(run.size, self.regions)

@@ -34,6 +34,20 @@ def alive_features(ctx: StageContext, run: ImageRun, alive: torch.Tensor) -> tor
     return ctx.hidden[run.sample, torch.searchsorted(ctx.rows[run.sample].contiguous(), alive.contiguous())]
 
 
+def image_budget(name: str, k: int, run: ImageRun, alive: torch.Tensor) -> int:
+    """k, the method's budget for this image, refused when the image has fewer tokens left."""
+    if k > alive.numel():
+        raise _too_many(name, k, run, alive)
+    return k
+
+
+def _too_many(name: str, k: int, run: ImageRun, alive: torch.Tensor) -> FastVError:
+    return FastVError(
+        f"{name}: cannot keep {k} visual tokens of image {run.index} in sample {run.sample}: "
+        f"it has {alive.numel()} left; lower `keep`"
+    )
+
+
 Choose = Callable[[StageContext, ImageRun, torch.Tensor], Choice]  # (ctx, image, its alive positions)
 
 
@@ -58,10 +72,7 @@ class PerImageStage:
                 choice = self.choose(ctx, run, alive)
                 k = int(choice.keep.numel())
                 if k > alive.numel() or not bool(torch.isin(choice.keep, alive).all()):
-                    raise FastVError(
-                        f"{self.name}: cannot keep {k} visual tokens of image {run.index} in sample {b}: "
-                        f"it has {alive.numel()} left; lower `keep`"
-                    )
+                    raise _too_many(self.name, k, run, alive)
                 out[b, choice.keep] = 1.0
                 total += k
                 if choice.replace is not None and choice.replace.numel():

@@ -1,47 +1,6 @@
-"""A seeded world of small shapes on a grid, with question/answer pairs about them.
+"""Questions about a scene, in the short and long styles, and the evaluation samples built from them.
 
-Why this world: no pretrained LVLM can be downloaded here, so fastv trains its own default model on
-scenes whose answers are checkable. Objects are small (a large one spans about 2x2 patches of 8 px, a
-small one about 1-2 patches) on a 4x4 grid of 24 px cells (3x3 patches each), so an answer depends on
-a few of the 144 visual tokens and pruning the wrong tokens costs accuracy.
-
-Everything is a pure function of integer seeds: ``make_scene(seed)`` always draws the same scene, and
-the train / validation / test splits use disjoint seed ranges (``split_seed``).
-
-Each question comes in two styles. ``short`` (the first default model's prompts) is a few words that
-end on the word that decides the answer, because a small model learns to answer right where the key
-word is read. ``long`` phrases the same question the way people ask LLaVA ("What color is the object
-in cell b3? Answer the question using a single word or phrase."), for models prompted with a system
-prompt and the ``USER: ... ASSISTANT:`` template. The answer is the same in both styles.
-
-Cell-level kinds (`KINDS`; an answer depends on one or two objects):
-
-==========  ==========================  ===========================
-kind        short question              answer
-==========  ==========================  ===========================
-color       ``color b3``                ``red``
-shape       ``shape b3``                ``circle``
-describe    ``describe b3``             ``small red circle`` (a short caption of one object)
-count       ``count red`` / ``count circle``   ``0`` .. ``8``
-exists      ``exists red circle``       ``yes`` / ``no``
-left        ``left of b3``              ``blue square`` or ``none`` (the object in the cell to the left)
-above       ``above b3``                ``blue square`` or ``none`` (the object in the cell above)
-==========  ==========================  ===========================
-
-Scene-level kinds (`SCENE_KINDS`; an answer depends on every object, so no single cell decides it and
-question-agnostic token pruning gets a fair test):
-
-==========  ==============================  ===========================================================
-kind        short question                  answer
-==========  ==============================  ===========================================================
-total       ``total``                       ``2`` .. ``8`` (objects in the scene)
-common      ``common color``                the most frequent colour, or ``tie``
-anyleft     ``any red left of circle``      ``yes`` / ``no``: some red object's column is left of some
-                                            circle's column
-colors      ``colors``                      the colours present, in `COLORS` order: ``red blue purple``
-==========  ==============================  ===========================================================
-
-Cells are named by column letter (a..d, left to right) and row number (1..4, top to bottom).
+See `fastv.zoo.datasets.shapes` for the kinds of questions and their answers.
 """
 
 from __future__ import annotations
@@ -51,34 +10,27 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from fastv.core.errors import FastVError
+from fastv.zoo.datasets.shapes.scenes import (
+    CELLS,
+    COLORS,
+    COLUMNS,
+    MAX_OBJECTS,
+    SHAPES,
+    SIZES,
+    Obj,
+    Scene,
+    make_scene,
+    render,
+    split_seed,
+)
 
-IMAGE_SIZE = 96
-PATCH_SIZE = 8
-GRID = 4
-CELL_SIZE = IMAGE_SIZE // GRID
-COLUMNS = "abcd"
-CELLS = tuple(f"{c}{r}" for r in range(1, GRID + 1) for c in COLUMNS)  # row-major: a1 b1 c1 d1 a2 ...
-COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 80, 220),
-    "yellow": (230, 200, 30),
-    "purple": (150, 60, 190),
-}
-SHAPES = ("circle", "square", "triangle", "diamond")
-SIZES: dict[str, int] = {"small": 10, "large": 17}  # object side in pixels
-MIN_OBJECTS, MAX_OBJECTS = 2, 8
 KINDS = ("color", "shape", "describe", "count", "exists", "left", "above")
 SCENE_KINDS = ("total", "common", "anyleft", "colors")
 ALL_KINDS = KINDS + SCENE_KINDS
 STYLES = ("short", "long")
-SPLITS = ("train", "validation", "test")
-_SPLIT_BASE = {"train": 0, "validation": 1_000_000_000, "test": 2_000_000_000}
-_BACKGROUND = (235, 235, 235)
 _PLURAL = {"circle": "circles", "square": "squares", "triangle": "triangles", "diamond": "diamonds"}
 
 # Long-style phrasings (several per kind, picked with the question's rng) and the instruction that
@@ -160,109 +112,10 @@ WORDS: tuple[str, ...] = _vocabulary()
 
 
 @dataclass(frozen=True)
-class Obj:
-    """One object: its cell, look, and pixel centre (jittered inside the cell)."""
-
-    cell: str
-    color: str
-    shape: str
-    size: str
-    cx: int
-    cy: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.color} {self.shape}"
-
-
-@dataclass(frozen=True)
-class Scene:
-    seed: int
-    objects: tuple[Obj, ...]
-
-    def at(self, cell: str) -> Obj | None:
-        return next((o for o in self.objects if o.cell == cell), None)
-
-
-@dataclass(frozen=True)
 class QA:
     kind: str
     question: str
     answer: str
-
-
-def split_seed(split: str, index: int) -> int:
-    """Seed of the ``index``-th scene of a split; the splits' seed ranges never overlap."""
-    if split not in _SPLIT_BASE:
-        raise FastVError(f"unknown split {split!r}; expected one of {SPLITS}")
-    if not 0 <= index < 1_000_000_000:
-        raise FastVError("index must be in [0, 1e9)")
-    return _SPLIT_BASE[split] + index
-
-
-def make_scene(seed: int) -> Scene:
-    """Draw 2-8 objects in distinct cells, deterministically from ``seed``."""
-    rng = random.Random(seed)
-    n = rng.randint(MIN_OBJECTS, MAX_OBJECTS)
-    cells = rng.sample(CELLS, n)
-    objects = []
-    for cell in sorted(cells, key=CELLS.index):
-        col, row = COLUMNS.index(cell[0]), int(cell[1]) - 1
-        size = rng.choice(tuple(SIZES))
-        slack = (CELL_SIZE - SIZES[size]) // 2 - 1
-        cx = col * CELL_SIZE + CELL_SIZE // 2 + rng.randint(-slack, slack)
-        cy = row * CELL_SIZE + CELL_SIZE // 2 + rng.randint(-slack, slack)
-        objects.append(Obj(cell, rng.choice(tuple(COLORS)), rng.choice(SHAPES), size, cx, cy))
-    return Scene(seed, tuple(objects))
-
-
-def _draw(draw: ImageDraw.ImageDraw, obj: Obj, fill) -> None:
-    h = SIZES[obj.size] / 2
-    x0, y0, x1, y1 = obj.cx - h, obj.cy - h, obj.cx + h, obj.cy + h
-    if obj.shape == "circle":
-        draw.ellipse((x0, y0, x1, y1), fill=fill)
-    elif obj.shape == "square":
-        draw.rectangle((x0, y0, x1, y1), fill=fill)
-    elif obj.shape == "triangle":
-        draw.polygon([(obj.cx, y0), (x1, y1), (x0, y1)], fill=fill)
-    else:  # diamond
-        draw.polygon([(obj.cx, y0), (x1, obj.cy), (obj.cx, y1), (x0, obj.cy)], fill=fill)
-
-
-def render(scene: Scene, size: int = IMAGE_SIZE) -> Image.Image:
-    """Draw the scene with Pillow at ``size`` pixels (the model's input resolution by default)."""
-    img = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), _BACKGROUND)
-    draw = ImageDraw.Draw(img)
-    for obj in scene.objects:
-        _draw(draw, obj, COLORS[obj.color])
-    return img if size == IMAGE_SIZE else img.resize((size, size), Image.Resampling.BICUBIC)
-
-
-def object_map(scene: Scene) -> np.ndarray:
-    """Per-pixel index of the object drawn there (1-based; 0 = background), shape (96, 96)."""
-    img = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 0)
-    draw = ImageDraw.Draw(img)
-    for i, obj in enumerate(scene.objects, start=1):
-        _draw(draw, obj, i)
-    return np.asarray(img)
-
-
-def patch_objects(scene: Scene, min_pixels: int = 6) -> np.ndarray:
-    """Per-patch object index (row-major over the 12x12 patches; 0 = none).
-
-    A patch belongs to the object covering the most of its pixels, if at least ``min_pixels`` of them.
-    Used to pretrain the vision tower on *local* content, so a patch says only what is under it.
-    """
-    m = object_map(scene)
-    g = IMAGE_SIZE // PATCH_SIZE
-    patches = m.reshape(g, PATCH_SIZE, g, PATCH_SIZE).transpose(0, 2, 1, 3).reshape(g * g, -1)
-    out = np.zeros(g * g, dtype=np.int64)
-    for p, pix in enumerate(patches):
-        counts = np.bincount(pix, minlength=len(scene.objects) + 1)
-        counts[0] = 0
-        if counts.max() >= min_pixels:
-            out[p] = int(counts.argmax())
-    return out
 
 
 def _neighbour(cell: str, kind: str) -> str | None:
