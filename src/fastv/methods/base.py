@@ -101,3 +101,13 @@ class Method:
     def apply(self, model: torch.nn.Module) -> PruneHandle:
         """Install the method on `model`; the returned handle is a context manager and has `remove()`."""
         return PruneHandle(self, model)
+
+
+def increasing_layers(name: str, layers: tuple | list | None, minimum: int) -> tuple[int, ...] | None:
+    """A multi-cut method's `layers` as ints, refused unless strictly increasing from `minimum` on."""
+    if layers is None:
+        return None
+    out = tuple(int(x) for x in layers)
+    if not out or list(out) != sorted(set(out)) or out[0] < minimum:
+        raise FastVError(f"{name} layers={out}: give increasing layers >= {minimum}")
+    return out

@@ -33,7 +33,7 @@ import torch
 from fastv.core.errors import FastVError
 from fastv.core.hf.families import Adapter
 from fastv.core.stages import Stage, StageContext
-from fastv.methods.base import Method
+from fastv.methods.base import Method, increasing_layers
 from fastv.methods.fastv import last_token_attention
 from fastv.methods.grid import ImageRun, fixed_sizes
 from fastv.methods.per_image import Choice, PerImageStage, top
@@ -102,10 +102,7 @@ class PDrop(Method):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.layers is not None:
-            self.layers = tuple(int(x) for x in self.layers)
-            if not self.layers or list(self.layers) != sorted(set(self.layers)) or self.layers[0] < 0:
-                raise FastVError(f"pdrop layers={self.layers}: give increasing layers >= 0")
+        self.layers = increasing_layers(self.name, self.layers, 0)
 
     def cuts(self, num_layers: int) -> tuple[int, ...]:
         if self.layers is not None:

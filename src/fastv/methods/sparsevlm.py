@@ -49,7 +49,7 @@ from fastv.core.errors import FastVError
 from fastv.core.hf import compat
 from fastv.core.hf.families import Adapter
 from fastv.core.stages import Stage, StageContext
-from fastv.methods.base import Method
+from fastv.methods.base import Method, increasing_layers
 from fastv.methods.grid import ImageRun, fixed_sizes
 from fastv.methods.per_image import Choice, PerImageStage
 
@@ -111,10 +111,7 @@ class SparseVLM(Method):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.layers is not None:
-            self.layers = tuple(int(x) for x in self.layers)
-            if not self.layers or list(self.layers) != sorted(set(self.layers)) or self.layers[0] < 1:
-                raise FastVError(f"sparsevlm layers={self.layers}: give increasing layers >= 1")
+        self.layers = increasing_layers(self.name, self.layers, 1)
         if self.schedule is not None:
             self.schedule = tuple(int(x) for x in self.schedule)
             if any(c < 1 for c in self.schedule):
