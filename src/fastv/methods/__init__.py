@@ -13,6 +13,7 @@ from fastv.methods.dart import DART
 from fastv.methods.divprune import DivPrune
 from fastv.methods.fastv import FastV, FastVMean
 from fastv.methods.flowcut import FlowCut
+from fastv.methods.holitom import HoliTom
 from fastv.methods.holov import HoloV
 from fastv.methods.pdrop import PDrop
 from fastv.methods.pool import Pool
@@ -73,6 +74,7 @@ __all__ = [
     "FastV",
     "FastVMean",
     "FlowCut",
+    "HoliTom",
     "HoloV",
     "Method",
     "PDrop",

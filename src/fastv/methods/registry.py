@@ -15,6 +15,7 @@ from fastv.methods.dart import DART
 from fastv.methods.divprune import DivPrune
 from fastv.methods.fastv import FastV, FastVMean
 from fastv.methods.flowcut import FlowCut
+from fastv.methods.holitom import HoliTom
 from fastv.methods.holov import HoloV
 from fastv.methods.pdrop import PDrop
 from fastv.methods.pool import Pool
@@ -38,6 +39,7 @@ METHODS: dict[str, type[Method]] = {
     "flowcut": FlowCut,
     "sparsevlm": SparseVLM,
     "vscan": VScan,
+    "holitom": HoliTom,
 }
 
 ANY = "every supported family"
@@ -84,6 +86,12 @@ ABOUT: dict[str, About] = {
     "flowcut": About("FlowCut, arXiv 2505.19536", "inside the vision tower (progressive)", "per image", "LLaVA-1.5"),
     "sparsevlm": About("SparseVLM v1.0, arXiv 2410.04417", "after layers 2, 6, 15 of 32 (scaled)", "per image", ANY),
     "vscan": About("VScan, arXiv 2505.22654", "before the LM + layer L/2", "per image, mean per layer", "LLaVA-1.5"),
+    "holitom": About(
+        "HoliTom, arXiv 2505.21334",
+        "before the LM (temporal + spatial merging) + layer 18/28 (merging)",
+        "per video, entering the LM (halved from layer k)",
+        "LLaVA-OneVision videos",
+    ),
 }
 
 
