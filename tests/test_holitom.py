@@ -299,7 +299,7 @@ def test_inner_merge_through_the_engine_and_accounting():
     model, inputs = tiny_onevision_video(eager=True)
     keep, layers = 31, 4
     method = HoliTom(keep=keep)
-    k = method.layer(layers)
+    k = method.cut(layers)
     assert k == 3  # round(18 * 4 / 28)
     seen: dict = {}
     layer = model.model.language_model.layers[k]
@@ -358,4 +358,25 @@ def test_refusals():
     with pytest.raises(FastVError, match="merge_ratio"):
         make("holitom", keep=8, merge_ratio=1.0)
     with pytest.raises(FastVError, match="outside 1..3"):
-        make("holitom", keep=8, k=4).apply(model)
+        make("holitom", keep=8, layer=4).apply(model)
+
+
+def test_cli_parses_the_method(tmp_path):
+    """`fastv eval` builds holitom settings; `fastv generate --method holitom` on an image-only model says why not."""
+    import numpy as np
+    from PIL import Image
+    from tiny_processor import IMAGE_SIZE, save_tiny_llava
+    from typer.testing import CliRunner
+
+    from fastv.cli import _register, app
+    from fastv.eval.settings import method_grid
+
+    names = [s.name for s in method_grid(["holitom"], keeps=[48], ratios=[0.9])]
+    assert names[1:] == ["holitom keep=48", "holitom r=0.9"]
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)).save(image)
+    model_dir = save_tiny_llava(tmp_path / "model")
+    _register()
+    args = ["generate", "--model", str(model_dir), "--image", str(image), "--prompt", "hi", "--method", "holitom"]
+    res = CliRunner().invoke(app, [*args, "--keep", "4"])
+    assert res.exit_code == 2 and "LLaVA-OneVision" in res.output, res.output

@@ -264,8 +264,8 @@ class HoliTom(Method):
 
     tau: similarity above which a cell is static across frames (official T: 0.80; 0.65 at r = 0.10).
     beta: weight of a static cluster's centre. knn: DPC-kNN neighbours (K). max_window: frames per
-    segment. inner: the inner-LLM merge (False: the paper's "HoliTom (w/o M)"); k: its layer (default
-    round(18 L / 28)); merge_ratio: share of the video's tokens merged away there (HOLITOM_r).
+    segment. inner: the inner-LLM merge (False: the paper's "HoliTom (w/o M)"); layer: its layer k
+    (default round(18 L / 28)); merge_ratio: share of the video's tokens merged away there (HOLITOM_r).
     """
 
     tau: float = 0.8
@@ -273,7 +273,7 @@ class HoliTom(Method):
     knn: int = 7
     max_window: int = 1024
     inner: bool = True
-    k: int | None = None
+    layer: int | None = None
     merge_ratio: float = 0.5
 
     name = "holitom"
@@ -287,13 +287,14 @@ class HoliTom(Method):
             raise FastVError(f"holitom: knn={self.knn} and max_window={self.max_window} must be >= 1")
         if not 0.0 <= self.merge_ratio < 1.0:
             raise FastVError(f"holitom: merge_ratio={self.merge_ratio} must be in [0, 1)")
-        if self.k is not None and self.k < 1:
-            raise FastVError(f"holitom: k={self.k} must be >= 1 (the inner merge runs inside the LM)")
+        if self.layer is not None and self.layer < 1:
+            raise FastVError(f"holitom: layer={self.layer} must be >= 1 (the inner merge runs inside the LM)")
 
-    def layer(self, num_layers: int) -> int:
-        k = round(18 * num_layers / 28) if self.k is None else self.k
+    def cut(self, num_layers: int) -> int:
+        """The inner merge's layer k: `layer`, or the official 18 of 28 scaled to the model's depth."""
+        k = round(18 * num_layers / 28) if self.layer is None else self.layer
         if not 1 <= k < num_layers:
-            raise FastVError(f"holitom: k={k} is outside 1..{num_layers - 1}")
+            raise FastVError(f"holitom: layer={k} is outside 1..{num_layers - 1}")
         return k
 
     def inner_keep(self, n: int) -> int:
@@ -305,7 +306,7 @@ class HoliTom(Method):
             raise FastVError(f"{self.name}: cannot keep {keep} of {n} visual tokens")
         if not self.inner:
             return [keep] * num_layers
-        k = self.layer(num_layers)
+        k = self.cut(num_layers)
         return [keep] * k + [self.inner_keep(keep)] * (num_layers - k)
 
     def stages(self, adapter: Adapter) -> list[Stage]:
@@ -317,7 +318,7 @@ class HoliTom(Method):
         projected_layer(adapter, self.name)
         out = [PerImageStage(self.name, self.outer).stage(0, merging=True)]
         if self.inner:
-            out.append(PerImageStage(self.name, self.merge_inner).stage(self.layer(adapter.num_layers), "last", True))
+            out.append(PerImageStage(self.name, self.merge_inner).stage(self.cut(adapter.num_layers), "last", True))
         return out
 
     def build(self, adapter: Adapter) -> list[Stage]:
