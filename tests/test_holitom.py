@@ -205,11 +205,12 @@ def test_outer_merge_with_the_budget_correction(keep, tau, max_window):
     assert len(anchors) == min(keep, frames * cells - int(reduced))
 
 
-def test_inner_merge_matches_the_official_loop():
-    g = torch.Generator().manual_seed(3)
-    hidden, attention = torch.randn(11, 6, generator=g), torch.rand(11, generator=g)
-    want, keep = official_inner(hidden, attention, 0.5)
-    ranked = attention.topk(round(11 * 0.5)).indices
+@pytest.mark.parametrize(("n", "r", "seed"), [(11, 0.5, 3), (30, 0.8, 4), (7, 0.0, 5)])
+def test_inner_merge_matches_the_official_loop(n, r, seed):
+    g = torch.Generator().manual_seed(seed)
+    hidden, attention = torch.randn(n, 6, generator=g), torch.rand(n, generator=g)
+    want, keep = official_inner(hidden, attention, r)
+    ranked = attention.topk(round(n * (1 - r))).indices
     got = merge_halving(hidden, ranked)
     order = ranked.sort()
     assert torch.equal(order.values, keep)

@@ -248,10 +248,9 @@ def merge_halving(hidden: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
     target = sim.argmax(-1)
     # Row j's m merges, in order, give it weight 2^-m and its i-th merged token 2^-(m - i + 1).
     m = torch.zeros(kept.numel(), dtype=torch.long, device=x.device).index_add(0, target, torch.ones_like(target))
-    order = torch.zeros_like(target)
-    for j in target.unique().tolist():
-        idx = (target == j).nonzero().squeeze(1)
-        order[idx] = torch.arange(1, idx.numel() + 1, device=x.device)
+    grouped, perm = target.sort(stable=True)
+    order = torch.empty_like(target)  # 1-based rank of each merge among its target's, in sequence order
+    order[perm] = torch.arange(1, target.numel() + 1, device=x.device) - torch.searchsorted(grouped, grouped)
     weights = torch.pow(0.5, (m[target] - order + 1).double()).float()
     out = out * torch.pow(0.5, m.double()).float()[:, None]
     return out.index_add(0, target, x[rest] * weights[:, None])
