@@ -4,7 +4,8 @@
 
 A thin call of the library: the same as
 
-    fastv bench --method fastv,pdrop,random,uniform,pool,divprune,visionzip --keep 192,128,64 \\
+    fastv bench --method fastv,pdrop,sparsevlm,dart,random,uniform,pool,divprune,cdpruner,visionzip,\\
+                         holov,vscan,flowcut,visionzip+fastv --keep 192,128,64 \\
         --layers 5 --repeats 2 --threads 2 --out benchmarks/results --name methods --force
 
 (a random-weight LLaVA-1.5-7B shape, depth truncated to 5 of 32 layers, a 2-layer tiny CLIP tower
@@ -25,8 +26,10 @@ if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:  # freed activations must l
 
 from fastv.cli import main  # noqa: E402
 
+# Every image method of the registry (holitom is video-only) and one composition, in-LLM ones first.
+METHODS = "fastv,pdrop,sparsevlm,dart,random,uniform,pool,divprune,cdpruner,visionzip,holov,vscan,flowcut"
 ARGS = [
-    "bench", "--method", "fastv,pdrop,random,uniform,pool,divprune,visionzip", "--keep", "192,128,64",
+    "bench", "--method", f"{METHODS},visionzip+fastv", "--keep", "192,128,64",
     "--layers", "5", "--repeats", "2", "--threads", "2", "--out", "benchmarks/results", "--name", "methods", "--force",
 ]  # fmt: skip
 

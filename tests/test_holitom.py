@@ -17,7 +17,7 @@ from fastv import FastVError
 from fastv.core.errors import UnsupportedModelError
 from fastv.methods import HoliTom, make
 from fastv.methods.accounting import visual_tokens_per_layer
-from fastv.methods.holitom import compress_video, merge_halving
+from fastv.methods.holitom_merging import compress_video, merge_halving
 
 # ---------------------------------------------------------------------------- the official rule, transcribed
 

@@ -50,6 +50,7 @@ from fastv.core.hf import compat
 from fastv.core.hf.families import Adapter
 from fastv.core.stages import Stage, StageContext
 from fastv.methods.base import Method, increasing_layers
+from fastv.methods.clustering import density_peaks
 from fastv.methods.grid import ImageRun, fixed_sizes
 from fastv.methods.per_image import Choice, PerImageStage
 
@@ -78,15 +79,11 @@ def recycled_clusters(pruned: int) -> tuple[int, int]:
 def cluster_and_merge(x: torch.Tensor, clusters: int, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Density-peaks clustering of x (m, C) into `clusters` groups; (centre indices, group means).
 
-    noise (m,): the tie-breaker added to the density (the official code draws 1e-6 * rand).
+    noise (m,): the tie-breaker added to the density (the official code draws 1e-6 * rand). The
+    official `cluster_and_merge` takes as many neighbours as clusters for the density.
     """
     m, c = x.shape
-    dist = torch.cdist(x.float()[None], x.float()[None])[0] / c**0.5
-    nearest = dist.topk(clusters, dim=-1, largest=False).values
-    density = (-(nearest**2).mean(-1)).exp() + noise
-    higher = (density[None, :] > density[:, None]).float()
-    to_higher = (dist * higher + dist.max() * (1 - higher)).min(dim=-1).values
-    centres = (to_higher * density).topk(clusters).indices
+    centres, dist = density_peaks(x, clusters, clusters, noise)
     group = dist[centres].argmin(dim=0)
     group[centres] = torch.arange(clusters, device=x.device)
     sums = x.new_zeros(clusters, c, dtype=torch.float).index_add(0, group, x.float())
