@@ -3,10 +3,10 @@
 vLLM loads the entry points of group `vllm.general_plugins` in each of its processes (API server,
 engine core, workers) before it resolves a model's architecture; `register` adds fastv's classes to
 its `ModelRegistry` under their own architecture names, lazily (as "module:Class" strings), so vLLM's
-own LLaVA and Qwen2.5-VL stay untouched for every model that does not ask for fastv's. A checkpoint opts in with
-`"architectures": ["FastvLlavaForConditionalGeneration"]` (or `FastvQwen2_5_VLForConditionalGeneration`) and
-a `"fastv"` entry, in its config.json or
-through `--hf-overrides` (`hf_overrides` below builds that).
+own LLaVA and Qwen2.5-VL stay untouched for every model that does not ask for fastv's. A checkpoint
+opts in with `"architectures": ["FastvLlavaForConditionalGeneration"]` (or
+`FastvQwen2_5_VLForConditionalGeneration`) and a `"fastv"` entry, in its config.json or through
+`--hf-overrides` (`hf_overrides` below builds that from the checkpoint's own architecture).
 """
 
 from __future__ import annotations

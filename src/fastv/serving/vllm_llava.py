@@ -8,7 +8,8 @@ What changes against vLLM's `LlavaForConditionalGeneration`, all through its pub
   the server's default; a request may choose its own with `"mm_processor_kwargs": {"fastv": {...}}`
   (`{"fastv": {"method": "none"}}`: unpruned). The API server's processor validates them (a bad
   method or budget is an HTTP 400 naming the fix) and hands them to the engine with each image, as
-  a field of the image's processed data, so they travel with vLLM's caches.
+  a field of the image's processed data, so they travel with vLLM's caches (`fastv.serving.settings`
+  and `fastv.serving.vllm_processing`, shared with the Qwen2.5-VL class);
 - the processor gives each image the method's kept count of placeholders, so the KV cache holds only
   those; `embed_multimodal` computes the full features and returns the rows kept (or merged) by
   fastv's own method code (`fastv.serving.pruning.ImagePruner`);

@@ -13,7 +13,8 @@ What changes against vLLM's `Qwen2_5_VLForConditionalGeneration`, all through it
   its own (t, h, w) cell, the text after an image resumed past the image's full grid
   (`fastv.serving.mrope`). vLLM asks for them when a request is scheduled, before its encoder step,
   so methods that choose by the features (divprune) run the vision tower on the image there too, and
-  `embed_multimodal` encodes such images one at a time, in the same call, so both see the same floats.
+  `embed_multimodal` encodes such images one at a time through the same function (`_encode_alone`), so
+  both choices see the same floats.
   vLLM's own pruning protocol (`SupportsMultiModalPruning.recompute_mrope_positions`, used by its video
   pruning EVS) would carry positions with the embeddings instead, but vLLM 0.32's CPU model runner never
   switches it on (its `load_model` skips that flag), and it needs `--video-pruning-rate`; see docs/serving.md.
