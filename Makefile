@@ -50,4 +50,4 @@ test-transformers: system-deps  ## make test-transformers V=5.25.0
 SERVING_VENV ?= $(VENVS)/serving
 test-serving:  ## build the vLLM (CPU) venv (tests_serving/setup_venv.sh), then the real-server tests and their unit tests
 	bash tests_serving/setup_venv.sh $(SERVING_VENV)
-	$(SERVING_VENV)/bin/python -m pytest tests_serving tests/test_serving_pruning.py
+	$(SERVING_VENV)/bin/python -m pytest tests_serving tests/test_serving_pruning.py tests/test_serving_mrope.py

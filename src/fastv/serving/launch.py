@@ -18,7 +18,7 @@ from typing import Any
 
 from fastv.core.errors import FastVError
 from fastv.serving.pruning import check_budget, pre_lm_method
-from fastv.serving.vllm import hf_overrides
+from fastv.serving.vllm import VLLM_ARGS, hf_overrides, pruned_architecture
 
 HOST = "127.0.0.1"
 
@@ -58,7 +58,7 @@ class ServeSpec:
         if not (path / "config.json").is_file():
             raise FastVError(
                 f"--model {self.model!r}: give 'default' or a local checkpoint folder with a config.json "
-                "(a LLaVA-1.5 checkpoint; hub ids are not resolved here)"
+                "(a LLaVA-1.5 or Qwen2.5-VL checkpoint; hub ids are not resolved here)"
             )
         return path
 
@@ -66,21 +66,22 @@ class ServeSpec:
         return json.loads((self.model_dir() / "config.json").read_text())
 
     def check(self) -> int | None:
-        """Validate settings against the model before vLLM starts; return tokens kept per image."""
+        """Validate settings against the model before vLLM starts; return tokens kept per image (None: varies)."""
         config = self.config()
-        if config.get("model_type") != "llava":
-            raise FastVError(
-                f"fastv serve supports LLaVA-1.5 checkpoints (model_type 'llava'), not {config.get('model_type')!r}"
-            )
+        architecture = pruned_architecture(config)  # refuses families fastv does not serve
+        hf_overrides(config, None, self.original_positions)  # refuses what the positions cannot be
         if self.settings is None:
             return None
-        vc = config["vision_config"]
-        n = (vc["image_size"] // vc["patch_size"]) ** 2
-        if config.get("vision_feature_select_strategy", "default") != "default":
-            n += 1
-        from transformers import LlavaConfig
+        from transformers import AutoConfig
 
-        return check_budget(pre_lm_method(self.settings), LlavaConfig.from_dict(config), n)
+        hf_config = AutoConfig.for_model(**config)
+        n = None  # Qwen2.5-VL: each image's count follows its size; checked per image by the server
+        if architecture == "FastvLlavaForConditionalGeneration":
+            vc = config["vision_config"]
+            n = (vc["image_size"] // vc["patch_size"]) ** 2
+            if config.get("vision_feature_select_strategy", "default") != "default":
+                n += 1
+        return check_budget(pre_lm_method(self.settings), hf_config, n)
 
     def chat_template(self) -> Path | None:
         """A copy of the model's chat template behind the image guard (None: vLLM uses the model's own)."""
@@ -108,7 +109,8 @@ class ServeSpec:
             "--port",
             str(self.port),
             "--hf-overrides",
-            json.dumps(hf_overrides(config["text_config"], self.settings, self.original_positions)),
+            json.dumps(hf_overrides(config, self.settings, self.original_positions)),
+            *VLLM_ARGS.get(pruned_architecture(config), []),
         ]
         template = self.chat_template()
         if template is not None:

@@ -74,17 +74,21 @@ def kept_per_image(method: Method, n: int) -> int:
     return k
 
 
-def check_budget(method: Method, config: Any, n: int) -> int:
+def check_budget(method: Method, config: Any, n: int | None) -> int | None:
     """Refuse up front what the method would refuse on an n-token image of a model with this config.
 
-    Servers call it where a request arrives (vLLM's API server), so that a bad budget is an HTTP error
-    there instead of a failure inside the engine. Returns the tokens kept per image.
+    Servers call it where a request arrives (vLLM's API server), so that a bad budget or a method the
+    family cannot run is an HTTP error there instead of a failure inside the engine. n: visual tokens
+    per image where every image has that many (LLaVA-1.5); None where images differ (Qwen2.5-VL: the
+    count is checked per image, `kept_per_image`). Returns the tokens kept per image (None: unknown).
     """
-    k = kept_per_image(method, n)
-    if isinstance(method, VisionZip):
-        method.split(n)  # its stages look at the vision tower, which an API server does not have
+    k = None if n is None else kept_per_image(method, n)
+    if isinstance(method, VisionZip) and config.model_type == "llava":
+        if n is not None:
+            method.split(n)  # its stages look at the vision tower, which an API server does not have
     else:
-        method.stages(adapter_for(SimpleNamespace(config=config)))  # grid methods check rows x cols here
+        # grid methods check rows x cols here; methods a family cannot run refuse it here
+        method.stages(adapter_for(SimpleNamespace(config=config)))
     return k
 
 

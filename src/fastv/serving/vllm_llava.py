@@ -8,7 +8,8 @@ What changes against vLLM's `LlavaForConditionalGeneration`, all through its pub
   the server's default; a request may choose its own with `"mm_processor_kwargs": {"fastv": {...}}`
   (`{"fastv": {"method": "none"}}`: unpruned). The API server's processor validates them (a bad
   method or budget is an HTTP 400 naming the fix) and hands them to the engine with each image, as
-  a field of the image's processed data, so they travel with vLLM's caches.
+  a field of the image's processed data, so they travel with vLLM's caches (`fastv.serving.settings`
+  and `fastv.serving.vllm_processing`, shared with the Qwen2.5-VL class);
 - the processor gives each image the method's kept count of placeholders, so the KV cache holds only
   those; `embed_multimodal` computes the full features and returns the rows kept (or merged) by
   fastv's own method code (`fastv.serving.pruning.ImagePruner`);
@@ -20,8 +21,6 @@ What changes against vLLM's `LlavaForConditionalGeneration`, all through its pub
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -34,43 +33,14 @@ from vllm.model_executor.models.llava import (
 )
 from vllm.model_executor.models.utils import WeightsMapper
 from vllm.multimodal import MULTIMODAL_REGISTRY
-from vllm.multimodal.inputs import MultiModalFieldConfig
-from vllm.multimodal.processing import PromptReplacement
 
 from fastv.core.errors import FastVError
 from fastv.core.hf.attention_tap import query_attention
 from fastv.methods.visionzip import KEY as VISIONZIP_KEY
 from fastv.methods.visionzip import VisionZip, zip_image
-from fastv.serving.pruning import (
-    DATA_DEPENDENT,
-    ImagePruner,
-    adapter_for,
-    check_budget,
-    kept_per_image,
-    pre_lm_method,
-)
-from fastv.serving.vllm import CONFIG_KEY
-
-FIELD = "fastv_settings"  # per-image processed-data field: the settings as UTF-8 JSON bytes
-
-
-def server_settings(hf_config: Any) -> dict[str, Any] | None:
-    """The model config's fastv settings, e.g. {"method": "divprune", "keep": 48}; None: unpruned."""
-    return _normalized(getattr(hf_config, CONFIG_KEY, None), hf_config)
-
-
-def _normalized(settings: Any, hf_config: Any) -> dict[str, Any] | None:
-    """Checked settings (None: unpruned). A FastVError is a ValueError: HTTP 400 in vLLM's API server."""
-    if settings is None or settings == "none":
-        return None
-    if not isinstance(settings, Mapping):
-        raise FastVError(
-            f'fastv settings must be an object like {{"method": "divprune", "keep": 48}}, not {settings!r}'
-        )
-    if settings.get("method") in (None, "none") and set(settings) <= {"method"}:
-        return None
-    check_budget(pre_lm_method(settings), hf_config, _num_image_tokens(hf_config))
-    return dict(settings)
+from fastv.serving.pruning import ImagePruner
+from fastv.serving.settings import FIELD, Pruners
+from fastv.serving.vllm_processing import PrunedImagesProcessor
 
 
 def _num_image_tokens(hf_config: Any) -> int:
@@ -80,54 +50,15 @@ def _num_image_tokens(hf_config: Any) -> int:
     return n if hf_config.vision_feature_select_strategy == "default" else n + 1
 
 
-def _encode(settings: dict[str, Any] | None) -> torch.Tensor:
-    return torch.tensor(list(json.dumps(settings, sort_keys=True).encode()), dtype=torch.uint8)
-
-
-def _decode(blob: torch.Tensor) -> str:
-    return bytes(blob.tolist()).decode()
-
-
 class FastvLlavaProcessingInfo(LlavaProcessingInfo):
     """vLLM's LLaVA processing info; `get_num_image_tokens` stays the full count (the upper bound)."""
 
 
-class FastvLlavaMultiModalProcessor(LlavaMultiModalProcessor):
+class FastvLlavaMultiModalProcessor(PrunedImagesProcessor, LlavaMultiModalProcessor):
     """Each image: the kept count of placeholders, and the settings that chose it as a data field."""
 
-    def _settings(self, mm_kwargs: Mapping[str, object]) -> dict[str, Any] | None:
-        if CONFIG_KEY in mm_kwargs:
-            return _normalized(mm_kwargs[CONFIG_KEY], self.info.get_hf_config())
-        return server_settings(self.info.get_hf_config())
-
-    def _call_hf_processor(self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]) -> Any:
-        settings = self._settings(hf_kwargs)
-        out = super()._call_hf_processor(hf_data, {k: v for k, v in hf_kwargs.items() if k != CONFIG_KEY})
-        if "pixel_values" in out:
-            out[FIELD] = _encode(settings)[None].expand(len(out["pixel_values"]), -1).clone()
-        return out
-
-    def _get_mm_fields_config(self, hf_inputs: Any, hf_processor_mm_kwargs: Mapping[str, object]) -> Mapping:
-        fields = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))
-        fields[FIELD] = MultiModalFieldConfig.batched("image")
-        return fields
-
-    def _get_prompt_updates(self, mm_items: Any, hf_processor_mm_kwargs: Mapping[str, object], out_mm_kwargs: Any):
-        updates = super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
-        settings = self._settings(hf_processor_mm_kwargs)
-        if settings is None:
-            return updates
-        method = pre_lm_method(settings)
-        token = self.info.get_hf_config().image_token_index
-
-        def pruned(update: PromptReplacement) -> PromptReplacement:
-            def replacement(item_idx: int) -> list[int]:
-                full = update.replacement(item_idx) if callable(update.replacement) else update.replacement
-                return [token] * kept_per_image(method, len(full))
-
-            return PromptReplacement(modality=update.modality, target=update.target, replacement=replacement)
-
-        return [pruned(u) if u.modality == "image" else u for u in updates]
+    def tokens_per_image(self) -> int:
+        return _num_image_tokens(self.info.get_hf_config())
 
 
 @MULTIMODAL_REGISTRY.register_processor(
@@ -158,20 +89,10 @@ class FastvLlavaForConditionalGeneration(LlavaForConditionalGeneration, Supports
 
     def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._default = server_settings(self.config)
-        self._pruners: dict[str, ImagePruner | None] = {}
-        self._adapter = adapter_for(self)
+        self._pruners = Pruners(self, _num_image_tokens(self.config))
         self._seen: dict[str, torch.Tensor] = {}
         self._observe = False
         self._observe_cls_attention()
-
-    # ---- settings ---------------------------------------------------------------------------------
-    def _pruner(self, blob: torch.Tensor | None) -> ImagePruner | None:
-        key = json.dumps(self._default, sort_keys=True) if blob is None else _decode(blob)
-        if key not in self._pruners:
-            settings = json.loads(key)
-            self._pruners[key] = None if settings is None else ImagePruner(pre_lm_method(settings), self._adapter)
-        return self._pruners[key]
 
     # ---- features ---------------------------------------------------------------------------------
     def embed_multimodal(self, **kwargs: object) -> Any:
@@ -182,7 +103,7 @@ class FastvLlavaForConditionalGeneration(LlavaForConditionalGeneration, Supports
         if image_input["type"] != "pixel_values":
             return self._process_image_input(image_input)
         count = len(image_input["pixel_values"])
-        pruners = [self._pruner(None if blobs is None else blobs[i]) for i in range(count)]
+        pruners = [self._pruners.get(None if blobs is None else blobs[i]) for i in range(count)]
         self._observe = any(p is not None and isinstance(p.method, VisionZip) for p in pruners)
         try:
             vision = self._process_image_pixels(image_input)  # (N, T, Hv) before the projector
@@ -267,16 +188,13 @@ class FastvLlavaForConditionalGeneration(LlavaForConditionalGeneration, Supports
         positions are needed when the request is scheduled, before its encoder step.
         """
         data = feature.data
-        pruner = self._pruner(data[FIELD].data if FIELD in data else None)
+        blob = data[FIELD].data if FIELD in data else None
         n = _num_image_tokens(self.config)
-        if pruner is None:
-            return torch.arange(n), n
-        if pruner.method.name not in DATA_DEPENDENT:
-            zeros = torch.zeros(n, self.config.text_config.hidden_size)  # the choice ignores the features
-            return pruner.prune(zeros)[0].cpu(), n
-        weight = next(self.vision_tower.parameters())
-        pixels = data["pixel_values"].data[None].to(weight.device, weight.dtype)
-        with torch.inference_mode():
+
+        def features() -> tuple[torch.Tensor, dict[str, Any] | None]:
+            pruner = self._pruners.get(blob)
+            weight = next(self.vision_tower.parameters())
+            pixels = data["pixel_values"].data[None].to(weight.device, weight.dtype)
             self._observe = isinstance(pruner.method, VisionZip)
             try:
                 vision = self._process_image_pixels({"type": "pixel_values", "pixel_values": pixels})
@@ -285,4 +203,6 @@ class FastvLlavaForConditionalGeneration(LlavaForConditionalGeneration, Supports
             projected = self.multi_modal_projector(vision)
             extra = self._visionzip_extra(pruner, 0, vision[0]) if isinstance(pruner.method, VisionZip) else None
             self._seen.clear()
-            return pruner.prune(projected[0], extra)[0].cpu(), n
+            return projected[0], extra
+
+        return self._pruners.kept(blob, n, self.config.text_config.hidden_size, features), n
