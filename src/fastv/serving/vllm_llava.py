@@ -16,6 +16,8 @@ What changes against vLLM's `LlavaForConditionalGeneration`, all through its pub
 - original positions through `get_mrope_input_positions` (see the class docstring);
 - the vision tower's [CLS] attention is observed on its last built layer, for the methods that rank
   by it (visionzip, holov; `fastv.serving.tower_attention`);
+- instruction-conditioned methods (cdpruner) get the prompt's token ids after its image as a per-image
+  field (`fastv.serving.vllm_processing`), embedded with the model's own `embed_input_ids`;
 - the weight mapper also reads checkpoints whose CLIP tower has no `vision_model.` level
   (`vision_tower.embeddings.*`, as transformers 5 saves LLaVA), such as fastv's default model.
 """
@@ -181,7 +183,7 @@ class FastvLlavaForConditionalGeneration(LlavaForConditionalGeneration, Supports
     def _kept_indices(self, feature: Any) -> tuple[torch.Tensor, int]:
         """(indices kept of the image's n tokens, n) for one image of a request, before its encoder step.
 
-        Methods that choose by the features (divprune, visionzip, holov) run the vision tower here too: the
+        Methods that choose by the features (divprune, visionzip, holov, cdpruner) run the vision tower here too: the
         positions are needed when the request is scheduled, before its encoder step.
         """
         data = feature.data
