@@ -15,7 +15,11 @@ from servers import fastv_serve
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """fastv's default model (LLaVA-1.5), divprune at 48 of 144 tokens by default."""
+    """fastv's default model (LLaVA-1.5), divprune at 48 of 144 tokens by default.
+
+    In float32, as the transformers reference runs: vLLM's "auto" dtype would serve the float32
+    checkpoint in bfloat16 on a CPU, whose rounding moves attention-ranked choices (holov).
+    """
     log = tmp_path_factory.mktemp("server") / "server.log"
-    with fastv_serve(["--method", "divprune", "--keep", "48"], log) as srv:
+    with fastv_serve(["--method", "divprune", "--keep", "48"], log, ["--dtype", "float32"]) as srv:
         yield srv

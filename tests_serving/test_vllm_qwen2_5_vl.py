@@ -32,6 +32,8 @@ CASES = {
     "divprune ratio 2/3": ({"method": "divprune", "ratio": 2 / 3}, {"method": "divprune", "ratio": 2 / 3}),
     "random 6": ({"method": "random", "keep": 6, "seed": 1}, {"method": "random", "keep": 6, "seed": 1}),
     "random ratio 1/2": ({"method": "random", "ratio": 0.5}, {"method": "random", "ratio": 0.5}),
+    "cdpruner 8": ({"method": "cdpruner", "keep": 8}, {"method": "cdpruner", "keep": 8}),
+    "cdpruner ratio 2/3": ({"method": "cdpruner", "ratio": 2 / 3}, {"method": "cdpruner", "ratio": 2 / 3}),
 }
 
 
@@ -157,6 +159,7 @@ def test_pruning_changes_the_log_probabilities(server, reference):
         ("pool", "needs the visual tokens' grid"),
         ("uniform", "needs the visual tokens' grid"),
         ("visionzip", "supports LLaVA-1.5"),
+        ("holov", "supports LLaVA-1.5"),
         ("fastv", "prunes inside the language model"),
         ("budget too large", "cannot keep 30"),
         ("no image", "needs an image"),
@@ -166,7 +169,7 @@ def test_pruning_changes_the_log_probabilities(server, reference):
 def test_bad_requests_get_a_clear_http_error_and_the_server_keeps_serving(server, change, message):
     images, question = PROMPTS[0]
     good = ask(server, question, images)
-    if change in ("pool", "uniform", "visionzip", "fastv"):
+    if change in ("pool", "uniform", "visionzip", "holov", "fastv"):
         reply = ask(server, question, images, {"method": change, "keep": 8})
     elif change == "budget too large":
         reply = ask(server, question, images, {"method": "divprune", "keep": 30})  # the image has 24 tokens

@@ -3,6 +3,7 @@
 The reference is fastv's own engine on the transformers model (`method.apply(model)`, greedy
 `generate` through the processor and chat template): the server must give the same answer to every
 shapes test question, for the full model and for each pre-LM method at 1/3 and 1/9 of the tokens.
+The server runs in float32, as the reference does (tests_serving/conftest.py).
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ CASES = {
     "divprune 16": ({"method": "divprune", "keep": 16}, {"method": "divprune", "keep": 16}),
     "visionzip 48": ({"method": "visionzip", "keep": 48}, {"method": "visionzip", "keep": 48}),
     "visionzip ratio 8/9": ({"method": "visionzip", "ratio": 8 / 9}, {"method": "visionzip", "ratio": 8 / 9}),
+    "holov 48": ({"method": "holov", "keep": 48}, {"method": "holov", "keep": 48}),
+    "holov ratio 8/9": ({"method": "holov", "ratio": 8 / 9}, {"method": "holov", "ratio": 8 / 9}),
+    # instruction-conditioned: 7 questions per image, so the server must not reuse one question's
+    # pruned image for another (test_cdpruner_keeps_other_tokens_for_other_questions)
+    "cdpruner 48": ({"method": "cdpruner", "keep": 48}, {"method": "cdpruner", "keep": 48}),
+    "cdpruner ratio 8/9": ({"method": "cdpruner", "ratio": 8 / 9}, {"method": "cdpruner", "ratio": 8 / 9}),
 }
 
 
@@ -129,6 +136,23 @@ def test_answers_equal_fastv_in_transformers(server, reference, loaded, case):
     kept = N_VISUAL if settings is None else pre_lm_method(settings).keep_count(N_VISUAL)
     text_tokens = replies[0].body["usage"]["prompt_tokens"] - kept
     assert 2 <= text_tokens <= 6
+
+
+@pytest.mark.parametrize("keep", [48, 16])
+def test_cdpruner_keeps_other_tokens_for_other_questions(loaded, keep):
+    """The cdpruner comparison above could see a server that keyed an image's pruning on the image alone:
+    in transformers, questions about one image keep different tokens."""
+    model, processor = loaded
+    method = pre_lm_method({"method": "cdpruner", "keep": keep})
+    kept = {}
+    for sample, image in zip(SAMPLES, IMAGES, strict=True):
+        conv = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": sample.question}]}]
+        text = processor.apply_chat_template(conv, add_generation_prompt=True)
+        inputs = processor(text=[text], images=[image], return_tensors="pt")
+        with torch.no_grad(), method.apply(model) as pruned:
+            model(**inputs)
+        kept.setdefault(image.tobytes(), set()).add(tuple(pruned.stats.kept_positions[0].tolist()))
+    assert all(len(sets) > 1 for sets in kept.values()), [len(sets) for sets in kept.values()]
 
 
 def test_the_budget_changes_the_answers(server, reference):

@@ -3,8 +3,10 @@
 Servers such as vLLM compute the visual features of an image once (its encoder step) and splice
 them into the prompt at placeholder tokens; they never run transformers' decoder layers, so the
 engine's hooks (`fastv.core.engine.PruneHandle`) cannot fire there. Methods that cut *before* the
-language model (random and uniform at k=0, pool, divprune, visionzip) only need what such a server
-has at that point: the image's projected features. `ImagePruner` runs the method's own `Stage`
+language model (random and uniform at k=0, pool, divprune, visionzip, holov, cdpruner) only need what
+such a server has at that point: the image's projected features, for visionzip and holov the vision
+tower's [CLS] attention (`fastv.serving.tower_attention`), and for cdpruner the input embeddings of
+the prompt's text after its last image (`INSTRUCTION_CONDITIONED`). `ImagePruner` runs the method's own `Stage`
 (its `score`, fastv's `select` and the stage's `merge`) on them, exactly as the engine's cut at
 layer 0 does, so a server keeps the same tokens and features as `method.apply(model)` does in
 transformers. Methods that cut inside the language model (fastv, fastv_mean, pdrop, random or
@@ -24,9 +26,12 @@ from fastv.core.errors import FastVError, UnsupportedModelError
 from fastv.core.hf.families import FAMILIES, Adapter
 from fastv.core.selection import select
 from fastv.methods import METHODS, Method, Stage, StageContext, VisionZip, make
+from fastv.serving.tower_attention import reads_cls_attention
 
-PRE_LM_METHODS = ("random", "uniform", "pool", "divprune", "visionzip")
-DATA_DEPENDENT = ("divprune", "visionzip")  # the others choose positions without looking at the features
+PRE_LM_METHODS = ("random", "uniform", "pool", "divprune", "visionzip", "holov", "cdpruner")
+DATA_DEPENDENT = ("divprune", "visionzip", "holov", "cdpruner")
+# methods that also rank by the prompt's text after its last image (their stage reads those rows' input embeddings)
+INSTRUCTION_CONDITIONED = ("cdpruner",)  # the others choose positions without looking at the features
 
 
 def pre_lm_method(settings: Mapping[str, Any]) -> Method:
@@ -83,9 +88,10 @@ def check_budget(method: Method, config: Any, n: int | None) -> int | None:
     count is checked per image, `kept_per_image`). Returns the tokens kept per image (None: unknown).
     """
     k = None if n is None else kept_per_image(method, n)
-    if isinstance(method, VisionZip) and config.model_type == "llava":
-        if n is not None:
-            method.split(n)  # its stages look at the vision tower, which an API server does not have
+    if reads_cls_attention(method) and config.model_type == "llava":
+        # their stages look at the vision tower, which an API server does not have
+        if n is not None and isinstance(method, VisionZip):
+            method.split(n)
     else:
         # grid methods check rows x cols here; methods a family cannot run refuse it here
         method.stages(adapter_for(SimpleNamespace(config=config)))
@@ -106,27 +112,35 @@ class ImagePruner:
             raise FastVError(f"{self.method.name} does not cut once before the language model; a server cannot run it")
         self.stage = stages[0]
 
-    def prune(self, features: torch.Tensor, extra: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def prune(
+        self, features: torch.Tensor, extra: dict[str, Any] | None = None, text: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """features (n, H), the projected visual features of one image -> (kept indices (k,), features (k, H)).
 
         Indices are into the image's n tokens, sorted; for merging methods (pool, visionzip) the
-        features are the merged ones. `extra` carries what a method's observers saw (visionzip:
-        the vision tower's CLS attention), as `StageContext.extra`.
+        features are the merged ones. `extra` carries what a method's observers saw (visionzip, holov:
+        the vision tower's [CLS] attention, `fastv.serving.tower_attention.tower_extra`), as
+        `StageContext.extra`. text (m, H): the input embeddings of the prompt's text after its last
+        image, for instruction-conditioned methods (cdpruner); the stage sees them as the rows after
+        the image, as the engine does at layer 0.
         """
         n = features.shape[0]
-        ids = torch.full((1, n), self.adapter.visual_token_ids[0], device=features.device)
-        visual = torch.ones(1, n, dtype=torch.bool, device=features.device)
-        rows = torch.arange(n, device=features.device)[None]
+        text = features[:0] if text is None else text.to(features.dtype)
+        length = n + text.shape[0]
+        ids = torch.full((1, length), -1, device=features.device)  # text rows: no token the stage looks up
+        ids[0, :n] = self.adapter.visual_token_ids[0]
+        visual = torch.zeros(1, length, dtype=torch.bool, device=features.device)
+        visual[0, :n] = True
+        rows = torch.arange(length, device=features.device)[None]
         generator = torch.Generator().manual_seed(self.method.seed)  # the engine seeds stage 0 the same way
-        ctx = StageContext(
-            ids, visual, visual.clone(), features[None], rows, generator, self.adapter, extra=extra or {}
-        )
+        hidden = torch.cat([features, text])[None]
+        ctx = StageContext(ids, visual, visual.clone(), hidden, rows, generator, self.adapter, extra=extra or {})
         scores = self.stage.score(ctx)
         keep = self.stage.keep
         if isinstance(scores, tuple):
             scores, keep = scores
         sel = select(scores, visual, keep, None, rows)
-        index = sel.index[0]
+        index = sel.kept_visual[0]
         if self.stage.merge is not None:
-            return index, self.stage.merge(ctx, sel)[0]
+            return index, self.stage.merge(ctx, sel)[0][: index.numel()]  # the image's rows come first
         return index, features[index]

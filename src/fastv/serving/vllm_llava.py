@@ -14,7 +14,10 @@ What changes against vLLM's `LlavaForConditionalGeneration`, all through its pub
   those; `embed_multimodal` computes the full features and returns the rows kept (or merged) by
   fastv's own method code (`fastv.serving.pruning.ImagePruner`);
 - original positions through `get_mrope_input_positions` (see the class docstring);
-- VisionZip's CLS attention is observed on the vision tower's last built layer;
+- the vision tower's [CLS] attention is observed on its last built layer, for the methods that rank
+  by it (visionzip, holov; `fastv.serving.tower_attention`);
+- instruction-conditioned methods (cdpruner) get the prompt's token ids after its image as a per-image
+  field (`fastv.serving.vllm_processing`), embedded with the model's own `embed_input_ids`;
 - the weight mapper also reads checkpoints whose CLIP tower has no `vision_model.` level
   (`vision_tower.embeddings.*`, as transformers 5 saves LLaVA), such as fastv's default model.
 """
@@ -34,12 +37,10 @@ from vllm.model_executor.models.llava import (
 from vllm.model_executor.models.utils import WeightsMapper
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
-from fastv.core.errors import FastVError
 from fastv.core.hf.attention_tap import query_attention
-from fastv.methods.visionzip import KEY as VISIONZIP_KEY
-from fastv.methods.visionzip import VisionZip, zip_image
 from fastv.serving.pruning import ImagePruner
-from fastv.serving.settings import FIELD, Pruners
+from fastv.serving.settings import FIELD, INSTRUCTION, Encoded, Pruners, field
+from fastv.serving.tower_attention import TowerView, reads_cls_attention, tower_extra
 from fastv.serving.vllm_processing import PrunedImagesProcessor
 
 
@@ -97,6 +98,7 @@ class FastvLlavaForConditionalGeneration(LlavaForConditionalGeneration, Supports
     # ---- features ---------------------------------------------------------------------------------
     def embed_multimodal(self, **kwargs: object) -> Any:
         blobs = kwargs.pop(FIELD, None)
+        texts = kwargs.pop(INSTRUCTION, None)
         image_input = self._parse_and_validate_image_input(**kwargs)
         if image_input is None:
             return []
@@ -104,26 +106,44 @@ class FastvLlavaForConditionalGeneration(LlavaForConditionalGeneration, Supports
             return self._process_image_input(image_input)
         count = len(image_input["pixel_values"])
         pruners = [self._pruners.get(None if blobs is None else blobs[i]) for i in range(count)]
-        self._observe = any(p is not None and isinstance(p.method, VisionZip) for p in pruners)
+        projected, extras = self._encode(image_input, pruners)
+        out = []
+        for i, (rows, pruner) in enumerate(zip(projected, pruners, strict=True)):
+            text = self._pruners.instruction(pruner, None if texts is None else texts[i])
+            out.append(rows if pruner is None else pruner.prune(rows, extras[i], text)[1])
+        return tuple(out)
+
+    def _encode(
+        self, image_input: Any, pruners: list[ImagePruner | None]
+    ) -> tuple[torch.Tensor, list[dict[str, Any] | None]]:
+        """The images' projected features (N, T, H), and per image what its method reads of the tower.
+
+        The tower's [CLS] attention is observed on this pass only where some image's method ranks by it
+        (visionzip, holov: `fastv.serving.tower_attention`).
+        """
+        methods = [None if p is None else p.method for p in pruners]
+        self._observe = any(m is not None and reads_cls_attention(m) for m in methods)
         try:
             vision = self._process_image_pixels(image_input)  # (N, T, Hv) before the projector
         finally:
             self._observe = False
         projected = self.multi_modal_projector(vision)
-        out = []
-        for i, pruner in enumerate(pruners):
-            if pruner is None:
-                out.append(projected[i])
-                continue
-            extra = self._visionzip_extra(pruner, i, vision[i]) if isinstance(pruner.method, VisionZip) else None
-            out.append(pruner.prune(projected[i], extra)[1])
-        self._seen.clear()
-        return tuple(out)
+        seen, self._seen = self._seen, {}
+        extras = [
+            None
+            if m is None or not reads_cls_attention(m)
+            else tower_extra(
+                m, TowerView(seen["cls"][i], seen["keys"][i], vision[i], projected[i], self.multi_modal_projector)
+            )
+            for i, m in enumerate(methods)
+        ]
+        return projected, extras
 
     def _observe_cls_attention(self) -> None:
-        """VisionZip ranks by the CLS token's attention at the projected layer: record it (and the keys).
+        """Record the tower's [CLS] attention and keys at the projected layer, for the methods that rank by it.
 
         vLLM builds the tower only up to `vision_feature_layer`, so that layer is the last one built.
+        One pre-hook on its attention serves every such method (`fastv.serving.tower_attention`).
         """
         attn = self.vision_tower.vision_model.encoder.layers[-1].self_attn
 
@@ -140,27 +160,6 @@ class FastvLlavaForConditionalGeneration(LlavaForConditionalGeneration, Supports
             self._seen["keys"] = k.float().mean(1)  # (N, T, head_dim)
 
         attn.attn.register_forward_pre_hook(on_attention)
-
-    def _visionzip_extra(self, pruner: ImagePruner, i: int, vision: torch.Tensor) -> dict[str, Any]:
-        """VisionZip's block for one image, from the tower's [CLS] attention and keys seen on this pass.
-
-        The server selects with original positions, where VisionZip leaves [CLS] out (`with_cls` False).
-        """
-        skip = 1 if self.config.vision_feature_select_strategy == "default" else 0
-        dominant, contextual = pruner.method.split(vision.shape[0])
-        if pruner.method.with_cls:
-            raise FastVError("visionzip with [CLS] needs contiguous positions, which this server does not run")
-        zipped = zip_image(
-            self._seen["cls"][i, skip:],
-            self._seen["keys"][i, skip:],
-            vision,
-            self.multi_modal_projector(vision),
-            None,
-            dominant,
-            contextual,
-            self.multi_modal_projector,
-        )
-        return {VISIONZIP_KEY: [zipped]}
 
     # ---- positions --------------------------------------------------------------------------------
     def get_mrope_input_positions(self, input_tokens: list[int], mm_features: list[Any]) -> tuple[torch.Tensor, int]:
@@ -184,25 +183,19 @@ class FastvLlavaForConditionalGeneration(LlavaForConditionalGeneration, Supports
     def _kept_indices(self, feature: Any) -> tuple[torch.Tensor, int]:
         """(indices kept of the image's n tokens, n) for one image of a request, before its encoder step.
 
-        Methods that choose by the features (divprune, visionzip) run the vision tower here too: the
+        Methods that choose by the features (divprune, visionzip, holov, cdpruner) run the vision tower here too: the
         positions are needed when the request is scheduled, before its encoder step.
         """
         data = feature.data
-        blob = data[FIELD].data if FIELD in data else None
+        blob = field(data, FIELD)
         n = _num_image_tokens(self.config)
 
-        def features() -> tuple[torch.Tensor, dict[str, Any] | None]:
-            pruner = self._pruners.get(blob)
+        def features() -> Encoded:
             weight = next(self.vision_tower.parameters())
             pixels = data["pixel_values"].data[None].to(weight.device, weight.dtype)
-            self._observe = isinstance(pruner.method, VisionZip)
-            try:
-                vision = self._process_image_pixels({"type": "pixel_values", "pixel_values": pixels})
-            finally:
-                self._observe = False
-            projected = self.multi_modal_projector(vision)
-            extra = self._visionzip_extra(pruner, 0, vision[0]) if isinstance(pruner.method, VisionZip) else None
-            self._seen.clear()
-            return projected[0], extra
+            image = {"type": "pixel_values", "pixel_values": pixels}
+            pruner = self._pruners.get(blob)
+            projected, extras = self._encode(image, [pruner])
+            return projected[0], extras[0], self._pruners.instruction(pruner, field(data, INSTRUCTION))
 
         return self._pruners.kept(blob, n, self.config.text_config.hidden_size, features), n

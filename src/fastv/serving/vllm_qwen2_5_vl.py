@@ -12,16 +12,17 @@ What changes against vLLM's `Qwen2_5_VLForConditionalGeneration`, all through it
 - `get_mrope_input_positions` gives the shorter prompt its ORIGINAL M-RoPE positions: each kept token
   its own (t, h, w) cell, the text after an image resumed past the image's full grid
   (`fastv.serving.mrope`). vLLM asks for them when a request is scheduled, before its encoder step,
-  so methods that choose by the features (divprune) run the vision tower on the image there too, and
+  so methods that choose by the features (divprune, cdpruner) run the vision tower on the image there too, and
   `embed_multimodal` encodes such images one at a time through the same function (`_encode_alone`), so
   both choices see the same floats.
   vLLM's own pruning protocol (`SupportsMultiModalPruning.recompute_mrope_positions`, used by its video
   pruning EVS) would carry positions with the embeddings instead, but vLLM 0.32's CPU model runner never
   switches it on (its `load_model` skips that flag), and it needs `--video-pruning-rate`; see docs/serving.md.
 
-Methods: random, divprune (they choose among an image's tokens without a grid or a [CLS] token).
+Methods: random, divprune, cdpruner (they choose among an image's tokens without a grid or a [CLS]
+token; cdpruner also reads the prompt's text after its last image, `fastv.serving.vllm_processing`).
 uniform and pool need a known token grid, which fastv's grid methods do not read from Qwen's
-per-image (t, h, w) grids yet, and visionzip needs a CLIP [CLS] attention that Qwen's tower lacks:
+per-image (t, h, w) grids yet, and visionzip and holov need a CLIP [CLS] attention that Qwen's tower lacks:
 fastv refuses them for Qwen2.5-VL in transformers, and the server answers them with HTTP 400.
 Videos are refused (HTTP 400): fastv's class prunes images only.
 """
@@ -43,7 +44,7 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from fastv.core.errors import FastVError
 from fastv.serving.mrope import prompt_positions
 from fastv.serving.pruning import DATA_DEPENDENT
-from fastv.serving.settings import FIELD, Pruners
+from fastv.serving.settings import FIELD, INSTRUCTION, Encoded, Pruners, field
 from fastv.serving.vllm_processing import PrunedImagesProcessor
 
 NO_VIDEOS = (
@@ -91,6 +92,7 @@ class FastvQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration
 
     def embed_multimodal(self, **kwargs: object) -> Any:
         blobs = kwargs.pop(FIELD, None)
+        texts = kwargs.pop(INSTRUCTION, None)
         if kwargs.get("pixel_values_videos") is not None or kwargs.get("video_embeds") is not None:
             raise FastVError(NO_VIDEOS)
         image_input = self._parse_and_validate_image_input(**kwargs)
@@ -105,8 +107,9 @@ class FastvQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration
             pixels = image_input["pixel_values"].split([t * h * w for t, h, w in grids])
             features = [self._encode_alone(p, g) for p, g in zip(pixels, grids, strict=True)]
         out = []
-        for rows, pruner in zip(features, pruners, strict=True):
-            out.append(rows if pruner is None else pruner.prune(rows)[1])
+        for i, (rows, pruner) in enumerate(zip(features, pruners, strict=True)):
+            text = self._pruners.instruction(pruner, None if texts is None else texts[i])
+            out.append(rows if pruner is None else pruner.prune(rows, None, text)[1])
         return tuple(out)
 
     def get_mrope_input_positions(self, input_tokens: list[int], mm_features: list[Any]) -> tuple[torch.Tensor, int]:
@@ -119,11 +122,13 @@ class FastvQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration
             grid_thw = data["image_grid_thw"].data.tolist()
             rows, cols = self._merged_grid(grid_thw)
 
-            def features(data: Any = data, grid_thw: list[int] = grid_thw) -> tuple[torch.Tensor, None]:
-                pixels = data["pixel_values"].data.to(self.visual.device, self.visual.dtype)
-                return self._encode_alone(pixels, grid_thw), None
+            blob = field(data, FIELD)
 
-            blob = data[FIELD].data if FIELD in data else None
+            def features(data: Any = data, grid_thw: list[int] = grid_thw, blob: Any = blob) -> Encoded:
+                pixels = data["pixel_values"].data.to(self.visual.device, self.visual.dtype)
+                text = self._pruners.instruction(self._pruners.get(blob), field(data, INSTRUCTION))
+                return self._encode_alone(pixels, grid_thw), None, text
+
             kept = self._pruners.kept(blob, rows * cols, self.config.text_config.hidden_size, features)
             offset, k = feature.mm_position.offset, feature.mm_position.length
             if kept.numel() != k:
