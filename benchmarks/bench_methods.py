@@ -8,7 +8,7 @@ A thin call of the library: the same as
                          holov,vscan,flowcut,visionzip+fastv --keep 192,128,64 \\
         --layers 5 --repeats 2 --threads 2 --out benchmarks/results --name methods --force
 
-(a random-weight LLaVA-1.5-7B shape, depth truncated to 5 of 32 layers, a 2-layer tiny CLIP tower
+(a random-weight LLaVA-1.5-7B shape, depth truncated to 5 of 32 layers, a 3-layer tiny CLIP tower
 emitting 576 visual tokens; every method timed between two runs of the full model, medians).
 The only thing added here: glibc is told to return large freed blocks to the OS at once, so that
 freed activations leave resident memory and the peak-memory column measures them.

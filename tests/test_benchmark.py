@@ -166,4 +166,4 @@ def test_cli_bench_methods_are_checked_before_building(monkeypatch, tmp_path):
     ((cfg, stem),) = ran
     assert cfg.settings() == [("fastv", "keep", 192), ("fastv", "keep", 64), ("pdrop", "keep", 192),
                               ("pdrop", "keep", 64)]  # fmt: skip
-    assert stem == "image-methods" and cfg.vision_layers == 2
+    assert stem == "image-methods" and cfg.vision_layers == 3

@@ -172,3 +172,6 @@ def test_flowcut_refusals():
         make("flowcut", keep=37).apply(flow_llava())
     with pytest.raises(FastVError, match="has no setting k"):
         make("flowcut", keep=4, k=1)
+    # a tower that projects its first layer's output leaves no layer to prune in: refused, not a no-op
+    with pytest.raises(FastVError, match="projects its first layer's output"):
+        make("flowcut", keep=4).apply(tiny_llava("eager", vision_layers=2, feature_layer=-2))

@@ -11,7 +11,7 @@ from transformers import LlavaForConditionalGeneration
 
 from fastv import FastVError
 from fastv.core.errors import UnsupportedModelError
-from fastv.methods import make
+from fastv.methods import VScan, make
 from fastv.methods.accounting import visual_tokens_per_layer
 
 SIDE = 8
@@ -61,6 +61,13 @@ def token_merging(image_features, index_mask):
     return merged / (1 + merge_count[:, None])
 
 
+class Stage1Only(VScan):
+    """VScan's first cut alone: the reference sequence that layer c's own attention is computed on."""
+
+    def stages(self, adapter):
+        return super().stages(adapter)[:1]
+
+
 @pytest.mark.parametrize(("keep", "windows", "shallow"), [(16, 2, 0), (24, 4, 0), (20, 2, 1)])
 def test_vscan_matches_official_code(keep, windows, shallow):
     inputs = batch64([1])
@@ -99,7 +106,13 @@ def test_vscan_matches_official_code(keep, windows, shallow):
     is_visual = torch.isin(rows, stage1)
     assert rows[is_visual].tolist() == stage1.tolist()  # stage 1: the scans' tokens, at their positions
     assert torch.allclose(seen["h"][0, is_visual], merged, atol=1e-5)  # with the merged features
-    score = att[1][0, :, -1].mean(0)[is_visual]  # stage 2 at layer 2: layer 1's last-row attention
+    # Stage 2 at layer 2 ranks by layer 2's own last-row attention on its input, the stage-1 sequence
+    # (checked above): eager attention of layer 2 in a run that makes only the first cut.
+    with Stage1Only(keep=keep, windows=windows, shallow=shallow).apply(eager), torch.no_grad():
+        own = eager(**inputs, output_attentions=True).attentions
+    assert own[2].shape[-1] == rows.numel()
+    score = own[2][0, :, -1].mean(0)[is_visual]
+    assert not torch.allclose(score, att[1][0, :, -1].mean(0)[is_visual])  # not the previous layer's
     expected = stage1[score.topk(n2).indices].sort().values
     assert handle.stats.kept_positions[0].tolist() == expected.tolist()
     assert handle.stats.stage_kept == [[n1], [n2]]

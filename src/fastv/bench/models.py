@@ -31,7 +31,7 @@ class BenchConfig:
     overhead_k: int = 2  # FastV at ratio 0 with this K measures the pure overhead
     n_text: int = 40
     frames: int | None = None  # a video of this many frames (video models)
-    vision_layers: int = 1  # tiny LLaVA towers; 2 lets VisionZip read attention at vision_feature_layer=-2
+    vision_layers: int = 1  # tiny LLaVA towers; methods need 3 (attention at layer -2, FlowCut's layer before it)
     repeats: int = 5
     warmup: int = 1
     new_tokens: int = 3

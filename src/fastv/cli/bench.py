@@ -158,8 +158,9 @@ def bench_cmd(
             raise FastVError(
                 "--keep is a budget for --method: give --method fastv,pdrop,... (FastV's grid takes --ratios)"
             )
-        if cfg.methods and cfg.vision_layers < 2:  # VisionZip & co read the tower's attention at layer -2
-            cfg = replace(cfg, vision_layers=2)
+        if cfg.methods and cfg.vision_layers < 3:
+            # VisionZip & co read the tower's attention at layer -2; FlowCut prunes in the layers before it
+            cfg = replace(cfg, vision_layers=3)
         check_config(cfg)
         if cfg.layers == 0:
             cfg = replace(cfg, layers=None)

@@ -78,7 +78,12 @@ class FlowCut(Method):
     name = "flowcut"
 
     def stages(self, adapter: Adapter) -> list[Stage]:
-        feature_layer(adapter, self.name)
+        _, index, _ = feature_layer(adapter, self.name)
+        if index == 0:
+            raise FastVError(
+                "flowcut prunes between the vision layers before the projected one, and this tower projects "
+                "its first layer's output: use a model whose vision_feature_layer leaves a layer before it"
+            )
         for size, _ in fixed_sizes(adapter).values():
             k = self.keep_count(size)
             if not 1 <= k <= size:

@@ -22,12 +22,13 @@ after encoding, 32 from layer 16 of 32, i.e. 64 per layer on average):
   n1 - (local count) tokens.
 - Merging: every other token is added to its most cosine-similar kept token (projected features);
   a kept token becomes (itself + its merged tokens) / (1 + their count).
-- Stage 2: the last prompt token's attention (head mean) over the visual tokens, per image.
+- Stage 2: the last prompt token's attention (head mean) over the visual tokens, per image, from
+  layer c's own queries and keys on its input, as the official `layer_prune` computes it (the
+  engine's `scored_at="own"`, `fastv.core.layer_scoring`; PDrop's rule too).
 
 Differences from the official code:
-- Stage 2 ranks by the attention of layer c - 1 (the engine's tap, as `fastv`/`pdrop` do); the
-  official code (like PDrop's) recomputes layer c's own queries and keys on its input. Issue 18
-  adds that mechanism to the engine; VScan should switch to it once it lands.
+- Merging finds each token's most similar kept token by one matmul of unit rows; the official
+  broadcast of cosine_similarity over (others x kept x hidden) needs ~4 GB at LLaVA-7B width.
 - The official code keeps n1 / 2 global tokens, so when n1 / 2 is not a multiple of 16 it keeps
   fewer than n1 in all (68 for 72); we give the global scan the rest, so exactly n1 stay.
 - Grids and layers other than LLaVA-1.5's: the windows are `windows` x `windows` (default 4) of the
@@ -85,7 +86,9 @@ def merge_into_kept(features: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
     retained, others = features[mask].float(), features[~mask].float()
     if others.shape[0] == 0:
         return features[mask]
-    nearest = torch.nn.functional.cosine_similarity(others[:, None], retained[None], dim=-1).argmax(1)
+    # cos(o, r) as one matmul of unit rows: the official broadcast (others x kept x H) took ~4 GB at 7B width
+    unit = torch.nn.functional.normalize
+    nearest = (unit(others, dim=-1) @ unit(retained, dim=-1).T).argmax(1)
     sums = retained.index_add(0, nearest, others)
     counts = torch.ones(retained.shape[0], device=features.device).index_add(
         0, nearest, torch.ones(nearest.shape[0], device=features.device)
@@ -149,7 +152,7 @@ class VScan(Method):
         c = self.cut(adapter.num_layers)
         return [
             PerImageStage(self.name, self.scan).stage(0, merging=True),
-            PerImageStage(self.name, self.rank).stage(c, "last"),
+            PerImageStage(self.name, self.rank).stage(c, "last", scored_at="own"),
         ]
 
     def _shallow(self, tower_layers: int) -> int:
