@@ -40,6 +40,14 @@ def test_dry_run_prints_url_curl_and_the_vllm_command():
     assert overrides["text_config"]["rope_parameters"]["mrope_section"] == [32, 0, 0]
 
 
+def test_the_default_model_is_served_in_float32_unless_asked_otherwise():
+    """vLLM's "auto" dtype serves float32 checkpoints in bfloat16 on a CPU, which changes the tiny model's answers."""
+    command = shlex.split(_invoke("--dry-run").output.strip().splitlines()[-1])
+    assert command[command.index("--dtype") + 1] == "float32"
+    command = shlex.split(_invoke("--dry-run", "--", "--dtype", "bfloat16").output.strip().splitlines()[-1])
+    assert command.count("--dtype") == 1 and command[command.index("--dtype") + 1] == "bfloat16"
+
+
 def test_unpruned_renumbered_and_per_request_options():
     out = _invoke("--renumber-positions", "--per-request-methods", "--dry-run")
     assert out.exit_code == 0, out.output

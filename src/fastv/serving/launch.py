@@ -119,6 +119,10 @@ class ServeSpec:
             cmd.append("--trust-request-mm-kwargs")
         if self.kv_cache_gib is not None:
             cmd += ["--kv-cache-memory-bytes", str(int(self.kv_cache_gib * 2**30))]
+        if self.model == "default" and not any(a.split("=")[0] == "--dtype" for a in self.extra_args):
+            # The shipped model is tiny and float32: vLLM's "auto" would serve it in bfloat16 on a CPU,
+            # which changes answers (docs/serving.md); users expect `fastv generate`'s answers.
+            cmd += ["--dtype", "float32"]
         return cmd + list(self.extra_args)
 
     @property
