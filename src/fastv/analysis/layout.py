@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from fastv.analysis.overlay import unnormalize
+from fastv.core.call import visual_mask
 from fastv.core.errors import FastVError
 from fastv.core.hf.families import Adapter, resolve
 
@@ -116,7 +117,7 @@ def _generic_panels(adapter: Adapter, ids: torch.Tensor) -> list[Panel]:
 
     Gemma3's runs are its pooled square grid (`mm_tokens_per_image`, 16x16), so those are exact.
     """
-    visual = torch.isin(ids, torch.tensor(adapter.visual_token_ids, device=ids.device))
+    visual = visual_mask(ids, adapter.visual_token_ids)
     runs = _runs(visual.nonzero().squeeze(1).tolist())
     per_image = getattr(adapter.model.config, "mm_tokens_per_image", None)
     exact = [adapter.model.config.model_type == "gemma3" and len(r) == per_image for r in runs]
@@ -159,7 +160,7 @@ def token_groups(
     b, length = input_ids.shape
     prompt_len = length if prompt_len is None else prompt_len
     valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-    visual = torch.isin(input_ids, torch.tensor(list(visual_ids), device=input_ids.device))
+    visual = visual_mask(input_ids, tuple(visual_ids))
     col = torch.arange(length, device=input_ids.device)
     in_prompt = col[None, :] < prompt_len
     labels = torch.full_like(input_ids, -1)

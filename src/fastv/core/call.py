@@ -13,6 +13,11 @@ import torch
 from fastv.core.errors import FastVError
 
 
+def visual_mask(input_ids: torch.Tensor, visual_ids: list[int] | tuple[int, ...]) -> torch.Tensor:
+    """(B, L) True where a token is one of the model's image/video token ids."""
+    return torch.isin(input_ids, torch.tensor(visual_ids, device=input_ids.device))
+
+
 @dataclass
 class Call:
     """State of one top-level forward call (prefill or decode step)."""
@@ -28,7 +33,10 @@ class Call:
 
     @classmethod
     def prefill_of(
-        cls, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, visual_ids: list[int]
+        cls,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        visual_ids: list[int] | tuple[int, ...],
     ) -> Call:
         """A prefill call: find its visual tokens (never the last one) and the text after the image.
 
@@ -42,7 +50,7 @@ class Call:
                 "right padding: the last prompt token must sit in the last column; "
                 "set processor.tokenizer.padding_side = 'left'"
             )
-        visual = torch.isin(input_ids, torch.tensor(visual_ids, device=input_ids.device))
+        visual = visual_mask(input_ids, visual_ids)
         visual[:, -1] = False  # the token whose logits generation reads is never dropped
         length = input_ids.shape[1]
         pos = torch.arange(length, device=input_ids.device)

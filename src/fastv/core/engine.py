@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from fastv.core import checks, layer_scoring, masks, positions
-from fastv.core.call import Call
+from fastv.core.call import Call, visual_mask
 from fastv.core.errors import FastVError
 from fastv.core.hf import attention_tap, compat
 from fastv.core.hf.attention_tap import query_attention
@@ -126,9 +126,7 @@ class PruneHandle:
             if (
                 q_len > 1
                 and input_ids is not None
-                and bool(
-                    torch.isin(input_ids, torch.tensor(self.adapter.visual_token_ids, device=input_ids.device)).any()
-                )
+                and bool(visual_mask(input_ids, self.adapter.visual_token_ids).any())
             ):
                 raise FastVError(
                     f"this call adds visual tokens to a cache that already holds {past_len} tokens (a second "

@@ -21,6 +21,7 @@ import torch
 
 from fastv import flops as F
 from fastv import run
+from fastv.core.call import visual_mask
 from fastv.core.errors import FastVError
 from fastv.core.hf.families import resolve
 from fastv.eval.data import EvalSample
@@ -96,8 +97,7 @@ class FlopsModel:
         self.adapter = resolve(model)
 
     def n_visual(self, input_ids: torch.Tensor) -> int:
-        ids = torch.tensor(self.adapter.visual_token_ids, device=input_ids.device)
-        return int(torch.isin(input_ids, ids).sum())
+        return int(visual_mask(input_ids, self.adapter.visual_token_ids).sum())
 
     def vision(self, n_visual: int) -> int | None:
         """The vision tower's and projector's FLOPs; None (recorded as such, never as 0) for a tower
