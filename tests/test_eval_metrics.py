@@ -198,6 +198,27 @@ def test_shapes_builtin():
     assert s[0].id.startswith("shapes/validation/") and s[0].load_images()[0].size == (96, 96)
 
 
+def test_shapes_builtin_groups_and_styles():
+    """Scene-level kinds and the long style (how the template-prompted default model is asked)."""
+    from fastv.zoo.datasets import shapes
+
+    every = load_samples("shapes:test:2:all:long")
+    assert [x.kind for x in every[: len(shapes.ALL_KINDS)]] == list(shapes.ALL_KINDS)
+    assert len(every) == 2 * len(shapes.ALL_KINDS)
+    assert all(x.id.endswith("/long") and x.question.endswith("single word or phrase.") for x in every)
+    scene = load_samples("shapes:test:2:scene")
+    assert {x.kind for x in scene} == set(shapes.SCENE_KINDS) and " " not in scene[0].id
+    # the same scene and kind asked in two styles: same answer, different question and id
+    short = {x.id: x for x in load_samples("shapes:test:2:color")}
+    for x in load_samples("shapes:test:2:color:long"):
+        twin = short[x.id.removesuffix("/long")]
+        assert twin.answers == x.answers and twin.question != x.question
+    with pytest.raises(FastVError, match="style 'loud'"):
+        load_samples("shapes:test:1:color:loud")
+    with pytest.raises(FastVError, match="shapes:test:30:all:long"):
+        load_samples("shapes:test:1:color:long:extra")
+
+
 def test_parquet_and_save_to_disk(tmp_path):
     datasets = pytest.importorskip("datasets")
     img = Image.new("RGB", (8, 8), (0, 0, 255))

@@ -4,6 +4,7 @@ size limit, and a run stopped and resumed ends bit for bit where an uninterrupte
 from __future__ import annotations
 
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -60,6 +61,28 @@ def test_bare_curriculum_turns_answer_right_after_the_key_word(processor):
     assert (
         processor.tokenizer.decode(ids[first_answer : first_answer + len(early[0].answer.split())]) == early[0].answer
     )
+
+
+@pytest.mark.parametrize("bare", [False, True])
+def test_cell_targets_sit_where_the_answer_is_predicted(processor, bare):
+    """--aux-cell-layer's targets: the asked cell at each turn's last prompt token, nothing elsewhere."""
+    scene = shapes.make_scene(shapes.split_seed("train", 4))
+    asks = (("color", "long"), ("total", "long"), ("left", "short"), ("describe", "short"), ("above", "long"))
+    qas = [shapes.ask(scene, k, random.Random(i), "short" if bare else style) for i, (k, style) in enumerate(asks)]
+    encoder = recipe.Encoder(processor.tokenizer)
+    ids, labels, cells = encoder.conversation_with_cells(qas, bare)
+    assert (ids, labels) == encoder.conversation(qas, bare)
+    tokens = processor.tokenizer.convert_ids_to_tokens(ids)
+    answer_starts = [i for i in range(1, len(ids)) if labels[i] >= 0 and labels[i - 1] < 0]
+    assert len(answer_starts) == len(qas)
+    targets = {i: shapes.CELLS[c] for i, c in enumerate(cells) if c >= 0}
+    want = {}
+    for start, qa in zip(answer_starts, qas, strict=True):
+        asked = re.findall(r"\b[a-d][1-4]\b", qa.question)
+        if asked:  # the position whose output is the answer's first word, and the cell in the question
+            want[start - 1] = asked[0]
+            assert tokens[start - 1] == (asked[0] if bare else ":")
+    assert targets == want and len(want) == 4  # "total" names no cell
 
 
 def test_inference_prompt_ends_like_llava(processor):
@@ -158,3 +181,34 @@ def test_sigterm_checkpoints_and_exits(tmp_path):
     assert proc.returncode == 0 and "continue with --resume" in rest
     saved = torch.load(tmp_path / "last.pt", weights_only=False)
     assert saved["step_a"] == 2 and 2 <= saved["step_b"] < 100000
+
+
+def test_grown_model_computes_what_its_source_computed(tmp_path, processor):
+    """--grow-from: the source's layers placed among identity layers, words mapped by name: same logits."""
+    from model_setup import build_model
+
+    source_proc = build_processor("v1")
+    torch.manual_seed(1)
+    source = build_model(source_proc.tokenizer, text_layers=2, text_hidden=64, text_intermediate=128).eval()
+    source.save_pretrained(tmp_path / "v1")
+    source_proc.save_pretrained(tmp_path / "v1")
+    args = [*TINY, "--text-layers", "4", "--out", str(tmp_path / "out"), "--grow-from", str(tmp_path / "v1")]
+    trainer = recipe.Trainer(recipe.parse_args([*args, "--grown-layers-at", "1,3"]))
+    trainer.grow_text(tmp_path / "v1", [1, 3])
+    assert trainer.state["step_a"] == 2  # the tower came along: phase A is skipped
+    assert trainer.state["text_from"]["words_copied"] == len(source_proc.tokenizer)
+
+    scene = shapes.make_scene(shapes.split_seed("test", 0))
+    v1 = source_proc(images=shapes.render(scene), text="<s><image> color b3", return_tensors="pt")
+    words = source_proc.tokenizer.convert_ids_to_tokens(v1["input_ids"][0].tolist())
+    v2_ids = torch.tensor([processor.tokenizer.convert_tokens_to_ids(words)])
+    with torch.no_grad():
+        want = source(**v1).logits[0]
+        got = trainer.model.eval()(input_ids=v2_ids, pixel_values=v1["pixel_values"]).logits[0]
+    columns = processor.tokenizer.convert_tokens_to_ids(
+        source_proc.tokenizer.convert_ids_to_tokens(range(want.shape[-1]))
+    )
+    torch.testing.assert_close(got[:, columns], want, rtol=1e-5, atol=1e-5)
+    # A placement that does not name one distinct layer per source layer is refused.
+    with pytest.raises(SystemExit, match="need 2 distinct layer indices in 0..3"):
+        trainer.grow_text(tmp_path / "v1", [1, 1])

@@ -23,6 +23,14 @@ the design notes propose: before that step the terse question is answered right 
 with no ``ASSISTANT:`` (the first default model's format, which learned to look a cell up quickly),
 so the look-up exists before the template asks the model to carry the cell to the last token.
 
+Two options attack the plateau the runs above hit (~60%: the scene-level questions learned, the cell
+look-up not; README, "A second default model"). ``--grow-from`` starts from the first default model
+(its tower, projector, text layers and word embeddings, placed among identity layers, so the grown
+model computes what it computed). ``--aux-cell-layer N`` adds an auxiliary loss: after N text layers,
+a linear probe must read the question's cell off the last prompt token's state, which rewards the
+first hop of the look-up (gather the asked cell at the last token) before the second (find that
+cell's visual tokens) works; the probe is not part of the shipped model.
+
 Every step's data is a pure function of (seed, step), and checkpoints (every ``--ckpt-minutes``,
 written atomically outside the repository) hold the model, the optimiser and the counters, so a
 resumed run continues bit for bit as if it had never stopped. ``kill PID`` (SIGTERM) checkpoints at
@@ -81,6 +89,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="a default-model folder whose vision tower + projector to start from; skips phase A",
     )
+    p.add_argument(
+        "--grow-from",
+        type=Path,
+        default=None,
+        help="a first-recipe default-model folder to grow from: its tower, projector, text layers and word "
+        "embeddings (implies --init-vision from the same folder)",
+    )
+    p.add_argument(
+        "--grown-layers-at",
+        default="1,2,3,4,5,6",
+        help="with --grow-from: where the source's text layers go; the other layers start as identities",
+    )
+    p.add_argument(
+        "--aux-cell-layer",
+        type=int,
+        default=0,
+        help="auxiliary loss: after this many text layers, the answer position must name the question's cell "
+        "(a linear probe, dropped from the shipped model; 0: off)",
+    )
+    p.add_argument("--aux-weight", type=float, default=1.0)
     p.add_argument("--phase-a-steps", type=int, default=600)
     p.add_argument("--phase-a-batch", type=int, default=32)
     p.add_argument("--lr-a", type=float, default=2e-3)
@@ -140,14 +168,26 @@ class Encoder:
 
     def conversation(self, qas: list[shapes.QA], bare: bool = False) -> tuple[list[int], list[int]]:
         """``<s>SYSTEM USER: <image>*144 q1 ASSISTANT: a1</s> USER: q2 ASSISTANT: a2</s>...``; labels on answers."""
+        ids, labels, _ = self.conversation_with_cells(qas, bare)
+        return ids, labels
+
+    def conversation_with_cells(
+        self, qas: list[shapes.QA], bare: bool = False
+    ) -> tuple[list[int], list[int], list[int]]:
+        """`conversation`, plus the auxiliary targets: at each turn's last prompt token (the one that
+        predicts the answer), the index in `shapes.CELLS` of the cell its question names; -100 elsewhere."""
         ids = [self.bos, *self.system, *self.user, *[self.image] * NUM_IMAGE_TOKENS]
         labels = [-100] * len(ids)
+        cells = [-100] * len(ids)
         for i, qa in enumerate(qas):
             prompt = (self.user if i else []) + self.ids(qa.question) + ([] if bare else self.assistant)
             answer = self.ids(qa.answer) + [self.eos]
+            named = [w for w in shapes.words_of(qa.question) if w in shapes.CELLS]
             ids += prompt + answer
             labels += [-100] * len(prompt) + answer
-        return ids, labels
+            cells += [-100] * (len(prompt) - 1) + [shapes.CELLS.index(named[-1]) if named else -100]
+            cells += [-100] * len(answer)
+        return ids, labels, cells
 
 
 def turns(scene: shapes.Scene, args: argparse.Namespace, step: int, j: int) -> list[shapes.QA]:
@@ -177,15 +217,16 @@ class PhaseBBatches(torch.utils.data.Dataset):
         step = self.first + i
         scenes = scenes_for(self.args.seed, "B", step, self.args.phase_b_batch)
         bare = step < self.args.bare_until
-        seqs = [self.encoder.conversation(turns(s, self.args, step, j), bare) for j, s in enumerate(scenes)]
-        width = max(len(ids) for ids, _ in seqs)
+        seqs = [self.encoder.conversation_with_cells(turns(s, self.args, step, j), bare) for j, s in enumerate(scenes)]
+        width = max(len(ids) for ids, _, _ in seqs)
         pad = self.processor.tokenizer.pad_token_id
         return {
             "step": torch.tensor(step),
             "pixel_values": pixel_values(self.processor, scenes),
-            "input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in seqs]),
-            "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in seqs]),
-            "labels": torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in seqs]),
+            "input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _, _ in seqs]),
+            "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _, _ in seqs]),
+            "labels": torch.tensor([lab + [-100] * (width - len(lab)) for _, lab, _ in seqs]),
+            "cell_labels": torch.tensor([c + [-100] * (width - len(c)) for _, _, c in seqs]),
         }
 
 
@@ -223,6 +264,7 @@ class Trainer:
         if n_bytes > MAX_WEIGHT_BYTES:
             raise SystemExit(f"{n_bytes / 2**20:.1f} MiB of fp32 weights: over the 40 MB limit; shrink the text model")
         self.heads = torch.nn.Linear(args.text_hidden, sum(HEADS.values())).to(self.device)
+        self.cell_probe = torch.nn.Linear(args.text_hidden, len(shapes.CELLS)).to(self.device)
         self.ckpt = args.out / "last.pt"
         self.state: dict = {"step_a": 0, "step_b": 0, "elapsed": 0.0, "cpu_seconds": 0.0, "val": []}
         self.opt_state: dict = {}
@@ -238,6 +280,8 @@ class Trainer:
         saved = torch.load(self.ckpt, weights_only=False, map_location="cpu")
         self.model.load_state_dict(saved.pop("model"))
         self.heads.load_state_dict(saved.pop("heads"))
+        if "cell_probe" in saved:
+            self.cell_probe.load_state_dict(saved.pop("cell_probe"))
         self.opt_state = saved.pop("opt") or {}
         self.state.update(saved)
         print(
@@ -252,6 +296,7 @@ class Trainer:
             **self.state,
             "model": self.model.state_dict(),
             "heads": self.heads.state_dict(),
+            "cell_probe": self.cell_probe.state_dict(),
             "opt": self.opt_state,
         }
         save_ckpt(self.ckpt, state)
@@ -322,6 +367,8 @@ class Trainer:
         args, model = self.args, self.model
         model.model.vision_tower.requires_grad_(False)
         params = [p for p in model.parameters() if p.requires_grad]
+        if args.aux_cell_layer:
+            params += list(self.cell_probe.parameters())
         opt = torch.optim.AdamW(params, lr=args.lr_b, weight_decay=0.01, betas=(0.9, 0.98))
         if self.opt_state.get("phase") == "B":
             opt.load_state_dict(self.opt_state["state"])
@@ -334,9 +381,12 @@ class Trainer:
             total = self.state.get("fitted_total_b") or args.phase_b_steps
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, args.lr_b, warmup=100)
-            inputs = {k: v.to(self.device) for k, v in batch.items() if k != "step"}
+            inputs = {k: v.to(self.device) for k, v in batch.items() if k not in ("step", "cell_labels")}
             with self.autocast():
-                loss = model(**inputs).loss
+                out = model(**inputs, output_hidden_states=bool(args.aux_cell_layer))
+                loss = out.loss
+                if args.aux_cell_layer:
+                    loss = loss + args.aux_weight * self.cell_loss(out.hidden_states, batch["cell_labels"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -359,6 +409,21 @@ class Trainer:
             if done:
                 return False
         return False
+
+    def cell_loss(self, hidden_states: tuple[torch.Tensor, ...], cell_labels: torch.Tensor) -> torch.Tensor:
+        """The auxiliary loss: a linear probe reads the question's cell off the answer position's state.
+
+        Why: on the 2-core CPU the template-prompted model plateaus at ~60%, having learned the
+        scene-level questions but not to look one cell up: the last prompt token must first gather
+        which cell was asked (many tokens back, past the instruction and ``ASSISTANT:``), then find
+        that cell among the visual tokens, and the first hop gives no gradient signal until the
+        second works. The probe rewards the first hop directly. It is dropped from the shipped model.
+        """
+        h = hidden_states[self.args.aux_cell_layer]
+        mask = cell_labels.to(h.device) >= 0
+        if not mask.any():
+            return h.new_zeros(())
+        return F.cross_entropy(self.cell_probe(h[mask]).float(), cell_labels.to(h.device)[mask])
 
     def fit_schedule(self, step: int, seconds_per_step: float) -> None:
         """Shorten phase B so it ends within ``--fit-minutes`` of this invocation's start, at the measured speed.
@@ -397,10 +462,49 @@ class Trainer:
         self.state["vision_from"] = str(path)
         print(f"vision tower + projector from {path}; phase A skipped", flush=True)
 
+    def grow_text(self, path: Path, placement: list[int]) -> None:
+        """Start the text model from a smaller trained one (the first default model), function-preserving.
+
+        Why: on the 2-core CPU the template-prompted model learns the scene-level questions but not to
+        look one cell up (README, "A second default model"), while the first model, trained on terse
+        prompts, does look cells up. Its layers go to ``placement``; every other layer starts with
+        zero output projections (attention ``o_proj``, MLP ``down_proj``), so it adds nothing to the
+        residual stream and the grown model computes what the source computed until training moves it.
+        Word embeddings are copied by word (the two tokenizers number words differently); words the
+        source never saw (the system prompt, the template, the long phrasings) keep their fresh init.
+        """
+        from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+        source = LlavaForConditionalGeneration.from_pretrained(path, local_files_only=True)
+        src_text = source.model.language_model
+        own_text = self.model.model.language_model
+        n_src, n_own = len(src_text.layers), len(own_text.layers)
+        if len(placement) != n_src or len(set(placement)) != n_src or not all(0 <= i < n_own for i in placement):
+            raise SystemExit(f"--grown-layers-at {placement}: need {n_src} distinct layer indices in 0..{n_own - 1}")
+        with torch.no_grad():
+            for i, layer in enumerate(own_text.layers):
+                if i in placement:
+                    layer.load_state_dict(src_text.layers[placement.index(i)].state_dict())
+                else:
+                    layer.self_attn.o_proj.weight.zero_()
+                    layer.mlp.down_proj.weight.zero_()
+            own_text.norm.load_state_dict(src_text.norm.state_dict())
+            src_vocab = AutoTokenizer.from_pretrained(path, local_files_only=True).get_vocab()
+            own_vocab = self.processor.tokenizer.get_vocab()
+            src_emb, own_emb = src_text.embed_tokens.weight, own_text.embed_tokens.weight
+            shared = [w for w in own_vocab if w in src_vocab]
+            for w in shared:
+                own_emb[own_vocab[w]] = src_emb[src_vocab[w]]
+        self.init_vision(path)
+        self.state["text_from"] = {"path": str(path), "layers_at": placement, "words_copied": len(shared)}
+        print(f"text model grown from {path}: its {n_src} layers at {placement}, {len(shared)} words", flush=True)
+
     def run(self) -> bool:
         """Train until done or stopped; True when the model is ready to finish (both phases done, or time up)."""
         if self.args.resume and self.ckpt.exists():
             self.load()
+        elif self.args.grow_from is not None:
+            self.grow_text(self.args.grow_from, [int(i) for i in self.args.grown_layers_at.split(",")])
         elif self.args.init_vision is not None:
             self.init_vision(self.args.init_vision)
         self.state.setdefault("commands", []).append("python " + " ".join(sys.argv))
@@ -427,6 +531,7 @@ class Trainer:
             "train_seconds": round(self.state["elapsed"], 1),
             "train_cpu_seconds": round(self.state["cpu_seconds"], 1),
             "vision_from": self.state.get("vision_from"),
+            "text_from": self.state.get("text_from"),
             "device": str(self.device),
             "commands": self.state["commands"],
             "args": self.state["args"],

@@ -66,19 +66,37 @@ class EvalSample:
 # --------------------------------------------------------------------------- built-in benchmark
 
 
-def shapes_samples(split: str = "test", n_images: int = 50, kinds: Sequence[str] | None = None) -> list[EvalSample]:
-    """fastv's synthetic shapes benchmark (one question per kind per scene), rendered on demand."""
+def shapes_samples(
+    split: str = "test", n_images: int = 50, kinds: Sequence[str] | None = None, style: str = "short"
+) -> list[EvalSample]:
+    """fastv's synthetic shapes benchmark (one question per kind per scene), rendered on demand.
+
+    ``kinds``: question kinds, or one group name (``cell``: the cell-level kinds, the default;
+    ``scene``: the scene-level ones, whose answers depend on every object; ``all``). ``style``:
+    ``short`` (``color b3``) or ``long`` (a sentence plus LLaVA-1.5's one-word instruction, the way the
+    template-prompted default model is asked).
+    """
     from fastv.zoo.datasets import shapes
 
-    chosen = tuple(kinds) if kinds else shapes.KINDS
-    unknown = set(chosen) - set(shapes.KINDS)
+    groups = {"cell": shapes.KINDS, "scene": shapes.SCENE_KINDS, "all": shapes.ALL_KINDS}
+    if kinds and len(kinds) == 1 and kinds[0] in groups:
+        chosen = groups[kinds[0]]
+    else:
+        chosen = tuple(kinds) if kinds else shapes.KINDS
+    unknown = set(chosen) - set(shapes.ALL_KINDS)
     if unknown:
-        raise FastVError(f"unknown shapes kinds {sorted(unknown)}; choose from {', '.join(shapes.KINDS)}")
+        raise FastVError(
+            f"unknown shapes kinds {sorted(unknown)}; choose from {', '.join(shapes.ALL_KINDS)} "
+            f"or a group: {', '.join(groups)}"
+        )
+    if style not in shapes.STYLES:
+        raise FastVError(f"unknown shapes question style {style!r}; choose from {', '.join(shapes.STYLES)}")
+    suffix = "" if style == "short" else f"/{style}"  # short ids stay as they were
     out = []
-    for s in shapes.eval_samples(split, n_images, chosen):
+    for s in shapes.eval_samples(split, n_images, chosen, style=style):
         out.append(
             EvalSample(
-                id=f"shapes/{split}/{s.seed}/{s.kind}",
+                id=f"shapes/{split}/{s.seed}/{s.kind}{suffix}",
                 question=s.question,
                 answers=[s.answer],
                 images=[s.image],
@@ -100,18 +118,23 @@ def fingerprint(
 
 
 def _parse_shapes_spec(spec: str) -> list[EvalSample]:
-    """'shapes', 'shapes:validation', 'shapes:test:200' or 'shapes:test:200:color,count'."""
+    """'shapes', 'shapes:validation', 'shapes:test:200', 'shapes:test:200:color,count', 'shapes:test:30:all:long'."""
     parts = spec.split(":")
     split = parts[1] if len(parts) > 1 and parts[1] else "test"
     try:
         n = int(parts[2]) if len(parts) > 2 and parts[2] else 50
     except ValueError as err:
-        raise FastVError(f"--data {spec!r}: the image count must be an integer (shapes:SPLIT:N[:KINDS])") from err
+        raise FastVError(
+            f"--data {spec!r}: the image count must be an integer (shapes:SPLIT:N[:KINDS[:STYLE]])"
+        ) from err
     if n < 1:
         raise FastVError(f"--data {spec!r}: the image count must be >= 1, e.g. shapes:test:50")
+    if len(parts) > 5:
+        raise FastVError(f"--data {spec!r}: expected shapes[:SPLIT[:N[:KINDS[:STYLE]]]], e.g. shapes:test:30:all:long")
     kinds = parts[3].split(",") if len(parts) > 3 and parts[3] else None
+    style = parts[4] if len(parts) > 4 and parts[4] else "short"
     try:
-        return shapes_samples(split, n, kinds)
+        return shapes_samples(split, n, kinds, style)
     except ValueError as err:
         raise FastVError(f"--data {spec!r}: {err}") from err
 
