@@ -1,0 +1,51 @@
+"""training/lookup_probe.py: the asked cell's patches, and per-layer attention read the way fastv's analysis reads it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from fastv.zoo.datasets import shapes
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "training"))
+
+import lookup_probe  # noqa: E402
+from model_setup import build_model_v2, build_processor  # noqa: E402
+
+
+def test_cell_patches_are_the_patches_whose_centres_lie_in_the_cell():
+    side = shapes.IMAGE_SIZE // shapes.PATCH_SIZE
+    cell_px = shapes.IMAGE_SIZE // 4
+    for cell in ("a1", "d1", "b3", "d4"):
+        col, row = "abcd".index(cell[0]), int(cell[1]) - 1
+        want = [
+            r * side + c
+            for r in range(side)
+            for c in range(side)
+            if col * cell_px <= (c + 0.5) * shapes.PATCH_SIZE < (col + 1) * cell_px
+            and row * cell_px <= (r + 0.5) * shapes.PATCH_SIZE < (row + 1) * cell_px
+        ]
+        assert lookup_probe.cell_patches(cell).tolist() == want
+
+
+def test_visual_share_matches_fastv_analyze_on_a_tiny_model():
+    from fastv.analysis import attention as analysis
+    from fastv.core.hf.chat import chat_text
+
+    processor = build_processor("v2")
+    torch.manual_seed(0)
+    model = build_model_v2(processor.tokenizer, text_layers=2, text_hidden=64, text_intermediate=128)
+    model.config._attn_implementation = "eager"
+    model.eval()
+    samples = shapes.eval_samples("validation", 2, ("color",), style="long")
+    got = lookup_probe.probe(model, processor, samples)
+    assert got["questions"] == 2 and len(got["visual_share"]) == 2
+    want = torch.zeros(2)
+    for s in samples:
+        inputs = processor(images=s.image(), text=chat_text(processor, s.question, 1, False), return_tensors="pt")
+        res = analysis.analyze(model, inputs, k=1, ratio=0.5, processor=processor)
+        want += torch.as_tensor(res.share[:, analysis.GROUPS.index("visual")], dtype=torch.float32)
+    torch.testing.assert_close(torch.tensor(got["visual_share"]), want / 2, atol=1e-3, rtol=0)
+    assert all(0 <= v <= 1 for v in got["on_asked_cell"] + got["to_cell_word"])
