@@ -85,6 +85,23 @@ def test_cell_targets_sit_where_the_answer_is_predicted(processor, bare):
     assert targets == want and len(want) == 4  # "total" names no cell
 
 
+def test_content_targets_name_the_object_in_the_asked_cell():
+    """--aux-content-layer's targets: empty, or the colour x shape of the object drawn in the asked cell."""
+    scene = shapes.make_scene(shapes.split_seed("train", 6))
+    colors, kinds = list(shapes.COLORS), shapes.SHAPES
+    seen = set()
+    for i, cell in enumerate(shapes.CELLS):
+        got = recipe.content_class(scene, i)
+        obj = next((o for o in scene.objects if o.cell == cell), None)
+        if obj is None:
+            assert got == 0
+        else:
+            assert (colors[(got - 1) // len(kinds)], kinds[(got - 1) % len(kinds)]) == (obj.color, obj.shape)
+        seen.add(got)
+    assert recipe.content_class(scene, -100) == -100
+    assert 0 in seen and len(seen) > 2 and max(seen) < recipe.CONTENT_CLASSES
+
+
 def test_inference_prompt_ends_like_llava(processor):
     from fastv.core.hf.chat import chat_text
 

@@ -108,6 +108,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="auxiliary loss: after this many text layers, the answer position must name the question's cell "
         "(a linear probe, dropped from the shipped model; 0: off)",
     )
+    p.add_argument(
+        "--aux-content-layer",
+        type=int,
+        default=0,
+        help="auxiliary loss: after this many text layers, the answer position must name the object in the "
+        "question's cell (colour and shape, or empty), so the image is read early (0: off)",
+    )
     p.add_argument("--aux-weight", type=float, default=1.0)
     p.add_argument("--phase-a-steps", type=int, default=600)
     p.add_argument("--phase-a-batch", type=int, default=32)
@@ -203,6 +210,19 @@ def turns(scene: shapes.Scene, args: argparse.Namespace, step: int, j: int) -> l
     ]
 
 
+CONTENT_CLASSES = 1 + len(shapes.COLORS) * len(shapes.SHAPES)  # empty, or one colour x shape
+
+
+def content_class(scene: shapes.Scene, cell_index: int) -> int:
+    """--aux-content-layer's target: 0 for an empty cell, else 1 + colour x shape; -100 where no cell is asked."""
+    if cell_index < 0:
+        return -100
+    obj = scene.at(shapes.CELLS[cell_index])
+    if obj is None:
+        return 0
+    return 1 + list(shapes.COLORS).index(obj.color) * len(shapes.SHAPES) + shapes.SHAPES.index(obj.shape)
+
+
 class PhaseBBatches(torch.utils.data.Dataset):
     """Item i = the whole batch of B step ``first + i`` (a pure function of seed and step)."""
 
@@ -227,6 +247,12 @@ class PhaseBBatches(torch.utils.data.Dataset):
             "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _, _ in seqs]),
             "labels": torch.tensor([lab + [-100] * (width - len(lab)) for _, lab, _ in seqs]),
             "cell_labels": torch.tensor([c + [-100] * (width - len(c)) for _, _, c in seqs]),
+            "content_labels": torch.tensor(
+                [
+                    [content_class(s, c) for c in cells] + [-100] * (width - len(cells))
+                    for s, (_, _, cells) in zip(scenes, seqs, strict=True)
+                ]
+            ),
         }
 
 
@@ -265,6 +291,7 @@ class Trainer:
             raise SystemExit(f"{n_bytes / 2**20:.1f} MiB of fp32 weights: over the 40 MB limit; shrink the text model")
         self.heads = torch.nn.Linear(args.text_hidden, sum(HEADS.values())).to(self.device)
         self.cell_probe = torch.nn.Linear(args.text_hidden, len(shapes.CELLS)).to(self.device)
+        self.content_probe = torch.nn.Linear(args.text_hidden, CONTENT_CLASSES).to(self.device)
         self.ckpt = args.out / "last.pt"
         self.state: dict = {"step_a": 0, "step_b": 0, "elapsed": 0.0, "cpu_seconds": 0.0, "val": []}
         self.opt_state: dict = {}
@@ -280,8 +307,9 @@ class Trainer:
         saved = torch.load(self.ckpt, weights_only=False, map_location="cpu")
         self.model.load_state_dict(saved.pop("model"))
         self.heads.load_state_dict(saved.pop("heads"))
-        if "cell_probe" in saved:
-            self.cell_probe.load_state_dict(saved.pop("cell_probe"))
+        for name in ("cell_probe", "content_probe"):
+            if name in saved:
+                getattr(self, name).load_state_dict(saved.pop(name))
         self.opt_state = saved.pop("opt") or {}
         self.state.update(saved)
         print(
@@ -297,6 +325,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "heads": self.heads.state_dict(),
             "cell_probe": self.cell_probe.state_dict(),
+            "content_probe": self.content_probe.state_dict(),
             "opt": self.opt_state,
         }
         save_ckpt(self.ckpt, state)
@@ -369,9 +398,15 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         if args.aux_cell_layer:
             params += list(self.cell_probe.parameters())
+        if args.aux_content_layer:
+            params += list(self.content_probe.parameters())
         opt = torch.optim.AdamW(params, lr=args.lr_b, weight_decay=0.01, betas=(0.9, 0.98))
         if self.opt_state.get("phase") == "B":
-            opt.load_state_dict(self.opt_state["state"])
+            saved = self.opt_state["state"]
+            if len(saved["param_groups"][0]["params"]) == len(params):
+                opt.load_state_dict(saved)
+            else:  # an auxiliary probe was switched on or off at this resume: its moments start fresh
+                print("optimiser state not restored: the trained parameters changed (auxiliary probes)", flush=True)
         val = shapes.eval_samples("validation", args.val_images, shapes.ALL_KINDS, style="long")
         first, t_first = self.state["step_b"], time.time()
         for batch in batches(PhaseBBatches(args, self.processor, first), args.workers):
@@ -381,12 +416,19 @@ class Trainer:
             total = self.state.get("fitted_total_b") or args.phase_b_steps
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, args.lr_b, warmup=100)
-            inputs = {k: v.to(self.device) for k, v in batch.items() if k not in ("step", "cell_labels")}
+            aux = ("cell_labels", "content_labels")
+            inputs = {k: v.to(self.device) for k, v in batch.items() if k != "step" and k not in aux}
             with self.autocast():
-                out = model(**inputs, output_hidden_states=bool(args.aux_cell_layer))
+                out = model(**inputs, output_hidden_states=bool(args.aux_cell_layer or args.aux_content_layer))
                 loss = out.loss
                 if args.aux_cell_layer:
-                    loss = loss + args.aux_weight * self.cell_loss(out.hidden_states, batch["cell_labels"])
+                    loss = loss + args.aux_weight * self.probe_loss(
+                        self.cell_probe, out.hidden_states[args.aux_cell_layer], batch["cell_labels"]
+                    )
+                if args.aux_content_layer:
+                    loss = loss + args.aux_weight * self.probe_loss(
+                        self.content_probe, out.hidden_states[args.aux_content_layer], batch["content_labels"]
+                    )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -410,20 +452,27 @@ class Trainer:
                 return False
         return False
 
-    def cell_loss(self, hidden_states: tuple[torch.Tensor, ...], cell_labels: torch.Tensor) -> torch.Tensor:
-        """The auxiliary loss: a linear probe reads the question's cell off the answer position's state.
+    @staticmethod
+    def probe_loss(probe: torch.nn.Linear, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """An auxiliary loss: a linear probe reads a target off the answer position's state after some layers.
+
+        ``--aux-cell-layer``: the question's cell.
 
         Why: on the 2-core CPU the template-prompted model plateaus at ~60%, having learned the
         scene-level questions but not to look one cell up: the last prompt token must first gather
         which cell was asked (many tokens back, past the instruction and ``ASSISTANT:``), then find
         that cell among the visual tokens, and the first hop gives no gradient signal until the
-        second works. The probe rewards the first hop directly. It is dropped from the shipped model.
+        second works. The probe rewards the first hop directly.
+        ``--aux-content-layer``: the object in that cell. With the cell probe alone the look-up settles in
+        the middle layers, so FastV's K=2 ranking (layer 1's attention) is not yet question-aware and
+        loses to random pruning; this probe asks for the image to be read by layer N, as LLaVA-1.5 does
+        by layer 2 in the paper. The probes are dropped from the shipped model.
         """
-        h = hidden_states[self.args.aux_cell_layer]
-        mask = cell_labels.to(h.device) >= 0
+        targets = targets.to(h.device)
+        mask = targets >= 0
         if not mask.any():
             return h.new_zeros(())
-        return F.cross_entropy(self.cell_probe(h[mask]).float(), cell_labels.to(h.device)[mask])
+        return F.cross_entropy(probe(h[mask]).float(), targets[mask])
 
     def fit_schedule(self, step: int, seconds_per_step: float) -> None:
         """Shorten phase B so it ends within ``--fit-minutes`` of this invocation's start, at the measured speed.
