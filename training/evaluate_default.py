@@ -38,7 +38,7 @@ def majority_baseline(samples: list[shapes.Sample]) -> dict[str, float]:
     return {k: c.most_common(1)[0][1] / sum(c.values()) for k, c in sorted(answers.items())}
 
 
-KIND_SETS = {"cell": shapes.KINDS, "scene": shapes.SCENE_KINDS, "all": shapes.ALL_KINDS}
+KIND_SETS = shapes.KIND_GROUPS
 
 
 def evaluate(model_dir: Path, images: int, threads: int, kinds: str = "cell", style: str = "short") -> dict:

@@ -36,12 +36,7 @@ CELL_KINDS = ("color", "shape", "describe")
 
 def cell_patches(cell: str) -> torch.Tensor:
     """Indices, in the row-major patch grid, of the patches that cover ``cell``."""
-    side = shapes.IMAGE_SIZE // shapes.PATCH_SIZE
-    per_cell = side // len(shapes.COLUMNS)
-    col, row = shapes.COLUMNS.index(cell[0]), int(cell[1]) - 1
-    grid = torch.zeros(side, side, dtype=torch.bool)
-    grid[row * per_cell : (row + 1) * per_cell, col * per_cell : (col + 1) * per_cell] = True
-    return grid.flatten().nonzero()[:, 0]
+    return torch.from_numpy((shapes.patch_cells() == shapes.CELLS.index(cell)).nonzero()[0])
 
 
 def probe(model, processor, samples: list[shapes.Sample]) -> dict:

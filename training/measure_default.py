@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from fastv.zoo.datasets import shapes  # noqa: E402
 
-KIND_SETS = {"cell": shapes.KINDS, "scene": shapes.SCENE_KINDS, "all": shapes.ALL_KINDS}
+KIND_SETS = shapes.KIND_GROUPS
 RATIOS = (0.5, 0.75, 0.9)
 
 

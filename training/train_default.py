@@ -88,10 +88,7 @@ def pixel_values(processor, scenes: list[shapes.Scene]) -> torch.Tensor:
 def patch_labels(scene: shapes.Scene) -> dict[str, np.ndarray]:
     """Per-patch targets: cell, look of the object under the patch, look of an object centred in it."""
     n = GRID_PATCHES * GRID_PATCHES
-    idx = np.arange(n)
-    rows, cols = idx // GRID_PATCHES, idx % GRID_PATCHES
-    per_cell = GRID_PATCHES // shapes.GRID
-    out = {"cell": (rows // per_cell) * shapes.GRID + cols // per_cell}
+    out = {"cell": shapes.patch_cells()}
     under = shapes.patch_objects(scene)
     objs = (None, *scene.objects)
     out["color"] = np.array([COLOR_IDS[objs[i].color] if i else 0 for i in under])

@@ -211,6 +211,26 @@ def turns(scene: shapes.Scene, args: argparse.Namespace, step: int, j: int) -> l
 
 
 CONTENT_CLASSES = 1 + len(shapes.COLORS) * len(shapes.SHAPES)  # empty, or one colour x shape
+MODEL_INPUTS = ("pixel_values", "input_ids", "attention_mask", "labels")  # the rest of a batch is for the probes
+
+
+def probe_loss(probe: torch.nn.Linear, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """An auxiliary loss: a linear probe reads a target off the answer positions' states ``h`` (one layer's).
+
+    Why: the template-prompted model plateaus at ~60% on the 2-core CPU. A cell question is answered at
+    the last prompt token, which must first gather which cell was asked (many tokens back, past the
+    instruction and ``ASSISTANT:``), then find that cell among the visual tokens, and the first hop gets
+    no gradient until the second works. ``--aux-cell-layer`` rewards the first hop (target: the cell).
+    With it alone the look-up settles in the middle layers, so FastV's K=2 ranking (layer 1's attention)
+    is not yet question-aware and loses to random pruning; ``--aux-content-layer`` (target: the object in
+    that cell) asks for the image to be read by that layer, as LLaVA-1.5 does by layer 2 in the paper.
+    The probes are not part of the saved model.
+    """
+    targets = targets.to(h.device)
+    mask = targets >= 0
+    if not mask.any():
+        return h.new_zeros(())
+    return F.cross_entropy(probe(h[mask]).float(), targets[mask])
 
 
 def content_class(scene: shapes.Scene, cell_index: int) -> int:
@@ -292,6 +312,15 @@ class Trainer:
         self.heads = torch.nn.Linear(args.text_hidden, sum(HEADS.values())).to(self.device)
         self.cell_probe = torch.nn.Linear(args.text_hidden, len(shapes.CELLS)).to(self.device)
         self.content_probe = torch.nn.Linear(args.text_hidden, CONTENT_CLASSES).to(self.device)
+        # The switched-on auxiliary probes: (hidden-state index, probe, batch key of its targets).
+        self.probes = [
+            (layer, probe, key)
+            for layer, probe, key in (
+                (args.aux_cell_layer, self.cell_probe, "cell_labels"),
+                (args.aux_content_layer, self.content_probe, "content_labels"),
+            )
+            if layer
+        ]
         self.ckpt = args.out / "last.pt"
         self.state: dict = {"step_a": 0, "step_b": 0, "elapsed": 0.0, "cpu_seconds": 0.0, "val": []}
         self.opt_state: dict = {}
@@ -396,10 +425,8 @@ class Trainer:
         args, model = self.args, self.model
         model.model.vision_tower.requires_grad_(False)
         params = [p for p in model.parameters() if p.requires_grad]
-        if args.aux_cell_layer:
-            params += list(self.cell_probe.parameters())
-        if args.aux_content_layer:
-            params += list(self.content_probe.parameters())
+        for _, probe, _ in self.probes:
+            params += list(probe.parameters())
         opt = torch.optim.AdamW(params, lr=args.lr_b, weight_decay=0.01, betas=(0.9, 0.98))
         if self.opt_state.get("phase") == "B":
             saved = self.opt_state["state"]
@@ -416,19 +443,12 @@ class Trainer:
             total = self.state.get("fitted_total_b") or args.phase_b_steps
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, args.lr_b, warmup=100)
-            aux = ("cell_labels", "content_labels")
-            inputs = {k: v.to(self.device) for k, v in batch.items() if k != "step" and k not in aux}
+            inputs = {k: batch[k].to(self.device) for k in MODEL_INPUTS}
             with self.autocast():
-                out = model(**inputs, output_hidden_states=bool(args.aux_cell_layer or args.aux_content_layer))
+                out = model(**inputs, output_hidden_states=bool(self.probes))
                 loss = out.loss
-                if args.aux_cell_layer:
-                    loss = loss + args.aux_weight * self.probe_loss(
-                        self.cell_probe, out.hidden_states[args.aux_cell_layer], batch["cell_labels"]
-                    )
-                if args.aux_content_layer:
-                    loss = loss + args.aux_weight * self.probe_loss(
-                        self.content_probe, out.hidden_states[args.aux_content_layer], batch["content_labels"]
-                    )
+                for layer, probe, key in self.probes:
+                    loss = loss + args.aux_weight * probe_loss(probe, out.hidden_states[layer], batch[key])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -452,28 +472,6 @@ class Trainer:
                 return False
         return False
 
-    @staticmethod
-    def probe_loss(probe: torch.nn.Linear, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """An auxiliary loss: a linear probe reads a target off the answer position's state after some layers.
-
-        ``--aux-cell-layer``: the question's cell.
-
-        Why: on the 2-core CPU the template-prompted model plateaus at ~60%, having learned the
-        scene-level questions but not to look one cell up: the last prompt token must first gather
-        which cell was asked (many tokens back, past the instruction and ``ASSISTANT:``), then find
-        that cell among the visual tokens, and the first hop gives no gradient signal until the
-        second works. The probe rewards the first hop directly.
-        ``--aux-content-layer``: the object in that cell. With the cell probe alone the look-up settles in
-        the middle layers, so FastV's K=2 ranking (layer 1's attention) is not yet question-aware and
-        loses to random pruning; this probe asks for the image to be read by layer N, as LLaVA-1.5 does
-        by layer 2 in the paper. The probes are dropped from the shipped model.
-        """
-        targets = targets.to(h.device)
-        mask = targets >= 0
-        if not mask.any():
-            return h.new_zeros(())
-        return F.cross_entropy(probe(h[mask]).float(), targets[mask])
-
     def fit_schedule(self, step: int, seconds_per_step: float) -> None:
         """Shorten phase B so it ends within ``--fit-minutes`` of this invocation's start, at the measured speed.
 
@@ -495,11 +493,15 @@ class Trainer:
         kinds = " ".join(f"{k}={v:.2f}" for k, v in res["per_kind"].items())
         print(f"[val B step {step}] overall {res['overall']:.3f} {kinds} ({time.time() - t1:.0f} s)", flush=True)
 
-    def init_vision(self, path: Path) -> None:
-        """Copy a trained tower + projector (the first default model's: same shapes, frozen in its phase B)."""
+    def init_vision(self, path: Path, loaded=None) -> None:
+        """Copy a trained tower + projector (the first default model's: same shapes, frozen in its phase B).
+
+        ``loaded``: the model at ``path`` when the caller has it already (`grow_text`), so it is read once.
+        """
         from transformers import LlavaForConditionalGeneration
 
-        source = LlavaForConditionalGeneration.from_pretrained(path, local_files_only=True).state_dict()
+        model = loaded or LlavaForConditionalGeneration.from_pretrained(path, local_files_only=True)
+        source = model.state_dict()
         prefixes = ("model.vision_tower.", "model.multi_modal_projector.")
         own = self.model.state_dict()
         picked = {k: v for k, v in source.items() if k.startswith(prefixes)}
@@ -544,7 +546,7 @@ class Trainer:
             shared = [w for w in own_vocab if w in src_vocab]
             for w in shared:
                 own_emb[own_vocab[w]] = src_emb[src_vocab[w]]
-        self.init_vision(path)
+        self.init_vision(path, loaded=source)
         self.state["text_from"] = {"path": str(path), "layers_at": placement, "words_copied": len(shared)}
         print(f"text model grown from {path}: its {n_src} layers at {placement}, {len(shared)} words", flush=True)
 

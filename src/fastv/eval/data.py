@@ -78,7 +78,7 @@ def shapes_samples(
     """
     from fastv.zoo.datasets import shapes
 
-    groups = {"cell": shapes.KINDS, "scene": shapes.SCENE_KINDS, "all": shapes.ALL_KINDS}
+    groups = shapes.KIND_GROUPS
     if kinds and len(kinds) == 1 and kinds[0] in groups:
         chosen = groups[kinds[0]]
     else:

@@ -46,6 +46,7 @@ Cells are named by column letter (a..d, left to right) and row number (1..4, top
 
 from fastv.zoo.datasets.shapes.questions import (
     ALL_KINDS,
+    KIND_GROUPS,
     KINDS,
     LONG_TEMPLATES,
     QA,
@@ -75,6 +76,7 @@ from fastv.zoo.datasets.shapes.scenes import (
     Scene,
     make_scene,
     object_map,
+    patch_cells,
     patch_objects,
     render,
     split_seed,
@@ -88,6 +90,7 @@ __all__ = [
     "COLUMNS",
     "GRID",
     "IMAGE_SIZE",
+    "KIND_GROUPS",
     "KINDS",
     "LONG_TEMPLATES",
     "MAX_OBJECTS",
@@ -107,6 +110,7 @@ __all__ = [
     "eval_samples",
     "make_scene",
     "object_map",
+    "patch_cells",
     "patch_objects",
     "questions",
     "render",

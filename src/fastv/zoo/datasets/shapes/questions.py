@@ -30,6 +30,8 @@ from fastv.zoo.datasets.shapes.scenes import (
 KINDS = ("color", "shape", "describe", "count", "exists", "left", "above")
 SCENE_KINDS = ("total", "common", "anyleft", "colors")
 ALL_KINDS = KINDS + SCENE_KINDS
+# Named sets of kinds, for command lines and data specs: cell-level, scene-level, every kind.
+KIND_GROUPS: dict[str, tuple[str, ...]] = {"cell": KINDS, "scene": SCENE_KINDS, "all": ALL_KINDS}
 STYLES = ("short", "long")
 _PLURAL = {"circle": "circles", "square": "squares", "triangle": "triangles", "diamond": "diamonds"}
 

@@ -115,6 +115,14 @@ def object_map(scene: Scene) -> np.ndarray:
     return np.asarray(img)
 
 
+def patch_cells() -> np.ndarray:
+    """Per-patch index into `CELLS` of the cell the patch lies in (row-major over the 12x12 patches)."""
+    g = IMAGE_SIZE // PATCH_SIZE
+    per_cell = g // GRID
+    rows, cols = np.divmod(np.arange(g * g), g)
+    return (rows // per_cell) * GRID + cols // per_cell
+
+
 def patch_objects(scene: Scene, min_pixels: int = 6) -> np.ndarray:
     """Per-patch object index (row-major over the 12x12 patches; 0 = none).
 
