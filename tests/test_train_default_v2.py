@@ -102,6 +102,58 @@ def test_content_targets_name_the_object_in_the_asked_cell():
     assert 0 in seen and len(seen) > 2 and max(seen) < recipe.CONTENT_CLASSES
 
 
+def test_scene_targets_count_the_objects_at_every_answer_position(processor):
+    """--aux-scene-layer's targets: at each turn's last prompt token (cell question or not), the scene's
+    object counts per colour, per shape, per colour x shape and in total; -100 rows elsewhere."""
+    scene = shapes.make_scene(shapes.split_seed("train", 9))
+    asks = (("count", "long"), ("color", "short"), ("colors", "long"), ("exists", "long"))
+    qas = [shapes.ask(scene, k, random.Random(i), style) for i, (k, style) in enumerate(asks)]
+    ids, labels, _ = recipe.Encoder(processor.tokenizer).conversation_with_cells(qas)
+    rows = recipe.scene_targets(scene, labels, len(ids) + 3)
+    tokens = processor.tokenizer.convert_ids_to_tokens(ids)
+    at = [i for i, row in enumerate(rows) if row[0] != -100]
+    assert len(at) == len(qas) and all(tokens[i] == ":" and labels[i + 1] >= 0 for i in at)
+    assert all(row == [-100] * recipe.SCENE_GROUPS for i, row in enumerate(rows) if i not in at)
+    # Transcribed from the drawn objects: (colour, shape) pairs tallied by hand.
+    pairs = [(o.color, o.shape) for o in scene.objects]
+    want = [sum(c == color for c, _ in pairs) for color in ("red", "green", "blue", "yellow", "purple")]
+    want += [sum(s == kind for _, s in pairs) for kind in ("circle", "square", "triangle", "diamond")]
+    want += [pairs.count((c, s)) for c in ("red", "green", "blue", "yellow", "purple") for s in shapes.SHAPES]
+    want.append(len(pairs))
+    assert all(rows[i] == want for i in at)
+    assert max(want) < recipe.SCENE_COUNT_CLASSES and len(want) == recipe.SCENE_GROUPS
+
+
+def test_grouped_probe_loss_is_the_mean_of_each_groups_cross_entropy():
+    torch.manual_seed(0)
+    probe, h = torch.nn.Linear(8, 3 * 4), torch.randn(2, 5, 8)
+    targets = torch.full((2, 5, 3), -100)
+    targets[0, 1] = torch.tensor([0, 3, 2])
+    targets[1, 4] = torch.tensor([1, 1, 0])
+    got = recipe.probe_loss(probe, h, targets)
+    terms = []
+    for b, t in ((0, 1), (1, 4)):
+        logits = probe(h[b, t]).reshape(3, 4)  # group g owns outputs [4g, 4g + 4)
+        terms += [-torch.log_softmax(logits[g], 0)[targets[b, t, g]] for g in range(3)]
+    assert torch.allclose(got, torch.stack(terms).mean())
+    assert recipe.probe_loss(probe, h, torch.full((2, 5, 3), -100)) == 0
+
+
+def test_kind_weights_draw_kinds_more_often_and_leave_the_default_data_unchanged():
+    args = recipe.parse_args([])
+    scenes = [shapes.make_scene(shapes.split_seed("train", i)) for i in range(60)]
+    plain = [recipe.turns(s, args, 7, j) for j, s in enumerate(scenes)]
+    args.kind_weights = "count=1"
+    assert [recipe.turns(s, args, 7, j) for j, s in enumerate(scenes)] == plain
+    args.kind_weights = "count=6, exists=6"
+    drawn = [qa.kind for j, s in enumerate(scenes) for qa in recipe.turns(s, args, 7, j)]
+    share = (drawn.count("count") + drawn.count("exists")) / len(drawn)
+    assert 0.5 < share < 0.8  # 12 of 21 slots in each shuffled list (2 of 11 = 18% unweighted)
+    for bad in ("count", "count=0", "size=2", "count=x"):
+        with pytest.raises(SystemExit, match="kind-weights"):
+            recipe.kind_weights(bad)
+
+
 def test_inference_prompt_ends_like_llava(processor):
     from fastv.core.hf.chat import chat_text
 
@@ -155,6 +207,22 @@ def test_stopped_and_resumed_run_ends_bit_for_bit_like_an_uninterrupted_one(tmp_
     fresh = recipe.Trainer(recipe.parse_args([*TINY, "--out", str(tmp_path / "fresh")])).model.state_dict()
     name = "model.language_model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(fresh[name], a[name])
+
+
+def test_probes_train_and_resume_bit_for_bit(tmp_path):
+    """All three auxiliary probes and kind weights: they learn, are checkpointed, and a resume matches."""
+    extra = ("--aux-cell-layer", "1", "--aux-content-layer", "1", "--aux-scene-layer", "2", "--kind-weights", "count=3")
+    straight = _train(tmp_path / "straight", *extra)
+    _train(tmp_path / "cut", *extra, "--stop-after", "3")
+    resumed = _train(tmp_path / "cut", *extra, "--resume")
+    for name in recipe.PROBES:
+        a, b = getattr(straight, name).state_dict(), getattr(resumed, name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    torch.manual_seed(0)
+    fresh = recipe.Trainer(recipe.parse_args([*TINY, "--out", str(tmp_path / "fresh")]))
+    assert not torch.equal(fresh.scene_probe.weight, straight.scene_probe.weight)
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_time_cap_stops_training_but_lets_the_run_finish(tmp_path):
