@@ -124,6 +124,36 @@ def test_scene_targets_count_the_objects_at_every_answer_position(processor):
     assert max(want) < recipe.SCENE_COUNT_CLASSES and len(want) == recipe.SCENE_GROUPS
 
 
+def test_query_targets_name_the_colour_and_shape_asked_about(processor):
+    """--aux-query-layer's targets, checked against the terse form of the same question (same draws)."""
+    colors, kinds = ("red", "green", "blue", "yellow", "purple"), ("circle", "square", "triangle", "diamond")
+    seen = set()
+    for i in range(40):
+        scene = shapes.make_scene(shapes.split_seed("train", i))
+        kind = ("count", "exists", "anyleft", "color", "total")[i % 5]
+        terse = shapes.ask(scene, kind, random.Random(i), "short").question.split()  # e.g. any red left of circle
+        long = shapes.ask(scene, kind, random.Random(i), "long")
+        want = [-100, -100]
+        if kind in ("count", "exists", "anyleft"):
+            want = [0, 0]
+            for w in terse:
+                if w in colors:
+                    want[0] = colors.index(w) + 1
+                if w in kinds:
+                    want[1] = kinds.index(w) + 1
+        assert recipe.query_class(long) == want, long.question
+        seen.add(tuple(want))
+    assert {(c > 0, s > 0) for c, s in seen if c >= 0} == {(True, False), (False, True), (True, True)}
+    # In a packed conversation, at each turn's answer position, in turn order.
+    scene = shapes.make_scene(shapes.split_seed("train", 2))
+    qas = [shapes.ask(scene, k, random.Random(3), "long") for k in ("exists", "color", "count")]
+    ids, labels, _ = recipe.Encoder(processor.tokenizer).conversation_with_cells(qas)
+    rows = recipe.query_targets(qas, labels, len(ids))
+    marked = [(i, row) for i, row in enumerate(rows) if row != [-100, -100]]
+    assert [row for _, row in marked] == [recipe.query_class(qas[0]), [-100, -100], recipe.query_class(qas[2])][::2]
+    assert [i for i, _ in marked] == recipe.answer_positions(labels)[::2]
+
+
 def test_grouped_probe_loss_is_the_mean_of_each_groups_cross_entropy():
     torch.manual_seed(0)
     probe, h = torch.nn.Linear(8, 3 * 4), torch.randn(2, 5, 8)
@@ -210,8 +240,9 @@ def test_stopped_and_resumed_run_ends_bit_for_bit_like_an_uninterrupted_one(tmp_
 
 
 def test_probes_train_and_resume_bit_for_bit(tmp_path):
-    """All three auxiliary probes and kind weights: they learn, are checkpointed, and a resume matches."""
-    extra = ("--aux-cell-layer", "1", "--aux-content-layer", "1", "--aux-scene-layer", "2", "--kind-weights", "count=3")
+    """All four auxiliary probes and kind weights: they learn, are checkpointed, and a resume matches."""
+    extra = ("--aux-cell-layer", "1", "--aux-content-layer", "1", "--aux-scene-layer", "2", "--aux-query-layer", "1")
+    extra += ("--kind-weights", "count=3")
     straight = _train(tmp_path / "straight", *extra)
     _train(tmp_path / "cut", *extra, "--stop-after", "3")
     resumed = _train(tmp_path / "cut", *extra, "--resume")

@@ -32,7 +32,8 @@ first hop of the look-up (gather the asked cell at the last token) before the se
 cell's visual tokens) works; the probe is not part of the shipped model. ``--aux-content-layer N``
 asks for the object in that cell by layer N (the image read early, as FastV's K=2 presupposes), and
 ``--aux-scene-layer N`` for the scene's object counts at every answer position (every object read
-early, whatever the question). ``--kind-weights count=3,...`` draws the many-object kinds, which lag
+early, whatever the question); ``--aux-query-layer N`` is the cell probe's counterpart for count,
+exists and anyleft (the colour and shape they ask about). ``--kind-weights count=3,...`` draws the many-object kinds, which lag
 the cell look-ups, more often.
 
 Every step's data is a pure function of (seed, step), and checkpoints (every ``--ckpt-minutes``,
@@ -125,6 +126,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0,
         help="auxiliary loss: after this many text layers, every answer position must count the scene's objects "
         "per colour, shape, colour x shape and in total, so layers before it read every object (0: off)",
+    )
+    p.add_argument(
+        "--aux-query-layer",
+        type=int,
+        default=0,
+        help="auxiliary loss: after this many text layers, the answer position of a count / exists / anyleft "
+        "question must name the colour and the shape it asks about (0: off)",
     )
     p.add_argument("--aux-weight", type=float, default=1.0)
     p.add_argument(
@@ -244,7 +252,8 @@ def turns(scene: shapes.Scene, args: argparse.Namespace, step: int, j: int) -> l
 
 
 CONTENT_CLASSES = 1 + len(shapes.COLORS) * len(shapes.SHAPES)  # empty, or one colour x shape
-PROBES = ("cell_probe", "content_probe", "scene_probe")  # Trainer attributes, saved in checkpoints by name
+# The auxiliary probes: Trainer attributes, saved in checkpoints by name.
+PROBES = ("cell_probe", "content_probe", "scene_probe", "query_probe")
 MODEL_INPUTS = ("pixel_values", "input_ids", "attention_mask", "labels")  # the rest of a batch is for the probes
 
 
@@ -323,7 +332,8 @@ class PhaseBBatches(torch.utils.data.Dataset):
         step = self.first + i
         scenes = scenes_for(self.args.seed, "B", step, self.args.phase_b_batch)
         bare = step < self.args.bare_until
-        seqs = [self.encoder.conversation_with_cells(turns(s, self.args, step, j), bare) for j, s in enumerate(scenes)]
+        asked = [turns(s, self.args, step, j) for j, s in enumerate(scenes)]
+        seqs = [self.encoder.conversation_with_cells(qas, bare) for qas in asked]
         width = max(len(ids) for ids, _, _ in seqs)
         pad = self.processor.tokenizer.pad_token_id
         return {
@@ -342,6 +352,9 @@ class PhaseBBatches(torch.utils.data.Dataset):
             "scene_labels": torch.tensor(
                 [scene_targets(s, lab, width) for s, (_, lab, _) in zip(scenes, seqs, strict=True)]
             ),
+            "query_labels": torch.tensor(
+                [query_targets(qas, lab, width) for qas, (_, lab, _) in zip(asked, seqs, strict=True)]
+            ),
         }
 
 
@@ -350,6 +363,33 @@ def scene_targets(scene: shapes.Scene, labels: list[int], width: int) -> list[li
     counts, blank = scene_counts(scene), [-100] * SCENE_GROUPS
     at = set(answer_positions(labels))
     return [counts if i in at else blank for i in range(width)]
+
+
+QUERY_KINDS = ("count", "exists", "anyleft")  # the questions that name a colour and/or a shape to look for
+QUERY_CLASSES = 1 + len(shapes.COLORS)  # per group: 0 = none named, else 1 + the colour's (shape's) index
+
+
+def query_class(qa: shapes.QA) -> list[int]:
+    """--aux-query-layer's target for one turn: [colour named, shape named] (0: none), -100s for other kinds.
+
+    Why: count, exists and anyleft stay near chance while the cell kinds reach 97-100%, and they fail
+    the way the cell look-up did before the cell probe: the words to look for sit ~15 tokens before
+    the answer position, which must gather them (hop 1) before it can find the matching objects.
+    """
+    if qa.kind not in QUERY_KINDS:
+        return [-100, -100]
+    words = shapes.words_of(qa.question)
+    colors = [list(shapes.COLORS).index(w) + 1 for w in words if w in shapes.COLORS]
+    kinds = [shapes.SHAPES.index(w.removesuffix("s")) + 1 for w in words if w.removesuffix("s") in shapes.SHAPES]
+    return [colors[0] if colors else 0, kinds[0] if kinds else 0]
+
+
+def query_targets(qas: list[shapes.QA], labels: list[int], width: int) -> list[list[int]]:
+    """(width, 2): each turn's `query_class` at its answer position, -100 rows elsewhere."""
+    rows = [[-100, -100] for _ in range(width)]
+    for pos, qa in zip(answer_positions(labels), qas, strict=True):
+        rows[pos] = query_class(qa)
+    return rows
 
 
 class PhaseABatches(torch.utils.data.Dataset):
@@ -390,6 +430,7 @@ class Trainer:
         self.cell_probe = torch.nn.Linear(args.text_hidden, len(shapes.CELLS)).to(self.device)
         self.content_probe = torch.nn.Linear(args.text_hidden, CONTENT_CLASSES).to(self.device)
         self.scene_probe = torch.nn.Linear(args.text_hidden, SCENE_GROUPS * SCENE_COUNT_CLASSES).to(self.device)
+        self.query_probe = torch.nn.Linear(args.text_hidden, 2 * QUERY_CLASSES).to(self.device)
         # The switched-on auxiliary probes: (hidden-state index, probe, batch key of its targets).
         self.probes = [
             (layer, probe, key)
@@ -397,6 +438,7 @@ class Trainer:
                 (args.aux_cell_layer, self.cell_probe, "cell_labels"),
                 (args.aux_content_layer, self.content_probe, "content_labels"),
                 (args.aux_scene_layer, self.scene_probe, "scene_labels"),
+                (args.aux_query_layer, self.query_probe, "query_labels"),
             )
             if layer
         ]
