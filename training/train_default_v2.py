@@ -33,8 +33,8 @@ cell's visual tokens) works; the probe is not part of the shipped model. ``--aux
 asks for the object in that cell by layer N (the image read early, as FastV's K=2 presupposes), and
 ``--aux-scene-layer N`` for the scene's object counts at every answer position (every object read
 early, whatever the question); ``--aux-query-layer N`` is the cell probe's counterpart for count,
-exists and anyleft (the colour and shape they ask about). ``--kind-weights count=3,...`` draws the many-object kinds, which lag
-the cell look-ups, more often.
+exists and anyleft (the colour and shape they ask about). ``--kind-weights count=3,...`` draws the
+many-object kinds, which lag the cell look-ups, more often.
 
 Every step's data is a pure function of (seed, step), and checkpoints (every ``--ckpt-minutes``,
 written atomically outside the repository) hold the model, the optimiser and the counters, so a
@@ -53,6 +53,7 @@ default model's tower, which its phase B kept frozen). On one GPU the same recip
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import signal
@@ -237,13 +238,19 @@ def kind_weights(spec: str) -> dict[str, int]:
     return out
 
 
+@functools.cache
+def _kind_pool(spec: str) -> tuple[str, ...]:
+    """The list a turn's kind is drawn from: each kind ``weight`` times (parsed once per spec, not per turn)."""
+    weights = kind_weights(spec)
+    return tuple(k for k in shapes.ALL_KINDS for _ in range(weights.get(k, 1)))
+
+
 def turns(scene: shapes.Scene, args: argparse.Namespace, step: int, j: int) -> list[shapes.QA]:
     """The question/answer turns about one training image: every kind, some terse, the rest long."""
     seed = (args.seed * 1_000_003 + step) * 4099 + j
     rng = random.Random(seed)
     short_share = 1.0 if step < max(args.short_until, args.bare_until) else args.short_share
-    weights = kind_weights(args.kind_weights)
-    kinds = [k for k in shapes.ALL_KINDS for _ in range(weights.get(k, 1))]
+    kinds = list(_kind_pool(args.kind_weights))
     rng.shuffle(kinds)
     return [
         shapes.ask(scene, kinds[i % len(kinds)], rng, "short" if rng.random() < short_share else "long")
@@ -336,33 +343,40 @@ class PhaseBBatches(torch.utils.data.Dataset):
         seqs = [self.encoder.conversation_with_cells(qas, bare) for qas in asked]
         width = max(len(ids) for ids, _, _ in seqs)
         pad = self.processor.tokenizer.pad_token_id
-        return {
+        batch = {
             "step": torch.tensor(step),
             "pixel_values": pixel_values(self.processor, scenes),
             "input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _, _ in seqs]),
             "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _, _ in seqs]),
             "labels": torch.tensor([lab + [-100] * (width - len(lab)) for _, lab, _ in seqs]),
-            "cell_labels": torch.tensor([c + [-100] * (width - len(c)) for _, _, c in seqs]),
-            "content_labels": torch.tensor(
-                [
-                    [content_class(s, c) for c in cells] + [-100] * (width - len(cells))
-                    for s, (_, _, cells) in zip(scenes, seqs, strict=True)
-                ]
-            ),
-            "scene_labels": torch.tensor(
-                [scene_targets(s, lab, width) for s, (_, lab, _) in zip(scenes, seqs, strict=True)]
-            ),
-            "query_labels": torch.tensor(
-                [query_targets(qas, lab, width) for qas, (_, lab, _) in zip(asked, seqs, strict=True)]
-            ),
         }
+        # Only the switched-on probes' targets: the scene counts alone are ~30 ints per token.
+        args, items = self.args, list(zip(scenes, asked, seqs, strict=True))
+        if args.aux_cell_layer:
+            batch["cell_labels"] = torch.tensor([c + [-100] * (width - len(c)) for _, _, c in seqs])
+        if args.aux_content_layer:
+            batch["content_labels"] = torch.tensor(
+                [[content_class(s, c) for c in cells] + [-100] * (width - len(cells)) for s, _, (_, _, cells) in items]
+            )
+        if args.aux_scene_layer:
+            batch["scene_labels"] = torch.tensor([scene_targets(s, lab, width) for s, _, (_, lab, _) in items])
+        if args.aux_query_layer:
+            batch["query_labels"] = torch.tensor([query_targets(qas, lab, width) for _, qas, (_, lab, _) in items])
+        return batch
+
+
+def at_answers(positions: list[int], width: int, per_turn: list[list[int]], groups: int) -> list[list[int]]:
+    """(width, groups): each turn's targets at its answer position (`answer_positions`), -100 rows elsewhere."""
+    rows = [[-100] * groups for _ in range(width)]
+    for pos, targets in zip(positions, per_turn, strict=True):
+        rows[pos] = targets
+    return rows
 
 
 def scene_targets(scene: shapes.Scene, labels: list[int], width: int) -> list[list[int]]:
     """(width, SCENE_GROUPS): `scene_counts` at each answer position, -100 rows elsewhere."""
-    counts, blank = scene_counts(scene), [-100] * SCENE_GROUPS
-    at = set(answer_positions(labels))
-    return [counts if i in at else blank for i in range(width)]
+    positions = answer_positions(labels)
+    return at_answers(positions, width, [scene_counts(scene)] * len(positions), SCENE_GROUPS)
 
 
 QUERY_KINDS = ("count", "exists", "anyleft")  # the questions that name a colour and/or a shape to look for
@@ -386,10 +400,7 @@ def query_class(qa: shapes.QA) -> list[int]:
 
 def query_targets(qas: list[shapes.QA], labels: list[int], width: int) -> list[list[int]]:
     """(width, 2): each turn's `query_class` at its answer position, -100 rows elsewhere."""
-    rows = [[-100, -100] for _ in range(width)]
-    for pos, qa in zip(answer_positions(labels), qas, strict=True):
-        rows[pos] = query_class(qa)
-    return rows
+    return at_answers(answer_positions(labels), width, [query_class(qa) for qa in qas], 2)
 
 
 class PhaseABatches(torch.utils.data.Dataset):
