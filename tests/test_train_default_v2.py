@@ -280,6 +280,24 @@ def test_fit_minutes_shortens_phase_b_to_the_time_left(tmp_path, monkeypatch):
         assert resumed.run() and resumed.state["step_b"] == 3  # the fitted length is kept on resume
 
 
+def test_fit_minutes_times_the_steps_after_the_terse_curriculum(tmp_path, monkeypatch):
+    """Terse-only steps (--short-until) run 2-3x faster than the rest: timing them overshot the fitted length."""
+    monkeypatch.setattr(recipe, "FIT_PROBE_STEPS", 2)
+    args = [*TINY, "--phase-b-steps", "1000", "--out", str(tmp_path), "--fit-minutes", "1e-6", "--short-until", "3"]
+    torch.manual_seed(0)
+    trainer = recipe.Trainer(recipe.parse_args(args))
+    timed_at = []
+    monkeypatch.setattr(
+        trainer,
+        "fit_schedule",
+        lambda step, sps: timed_at.append(step) or recipe.Trainer.fit_schedule(trainer, step, sps),
+    )
+    with torch.enable_grad():
+        assert trainer.run()
+    assert timed_at == [5]  # steps 4-5 timed: the first two after the three terse-only ones
+    assert trainer.state["fitted_total_b"] == 6 and trainer.state["step_b"] == 6
+
+
 def test_sigterm_checkpoints_and_exits(tmp_path):
     import os
     import signal

@@ -77,7 +77,9 @@ from fastv.zoo.datasets import shapes  # noqa: E402
 
 DEFAULT_OUT = Path("training/checkpoints/default_v2")
 MAX_WEIGHT_BYTES = 40 * 1024 * 1024
-FIT_PROBE_STEPS = 30  # steps timed before --fit-minutes sets phase B's length (inside the 100-step warm-up)
+# Steps timed before --fit-minutes sets phase B's length: the first ones after the terse-only curriculum
+# (--short-until), whose short turns run 2-3x faster than the long-style steps that make up the rest.
+FIT_PROBE_STEPS = 30
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -566,8 +568,9 @@ class Trainer:
             else:  # an auxiliary probe was switched on or off at this resume: its moments start fresh
                 print("optimiser state not restored: the trained parameters changed (auxiliary probes)", flush=True)
         val = shapes.eval_samples("validation", args.val_images, shapes.ALL_KINDS, style="long")
-        first, t_first = self.state["step_b"], time.time()
-        for batch in batches(PhaseBBatches(args, self.processor, first), args.workers):
+        probe_from = max(self.state["step_b"], args.short_until)
+        t_probe = time.time() if probe_from == self.state["step_b"] else None
+        for batch in batches(PhaseBBatches(args, self.processor, self.state["step_b"]), args.workers):
             t0, c0 = time.time(), time.process_time()
             model.train()
             step = int(batch["step"])
@@ -594,8 +597,11 @@ class Trainer:
                 self.log("B", step + 1, total, self.state["loss_b"], t0, c0, lr)
             if args.val_every and (step + 1) % args.val_every == 0:
                 self.validate(val, step + 1)
-            if args.fit_minutes and "fitted_total_b" not in self.state and step + 1 - first == FIT_PROBE_STEPS:
-                self.fit_schedule(step + 1, (time.time() - t_first) / FIT_PROBE_STEPS)
+            if args.fit_minutes and "fitted_total_b" not in self.state:
+                if step + 1 == probe_from:
+                    t_probe = time.time()
+                elif step + 1 == probe_from + FIT_PROBE_STEPS and t_probe is not None:
+                    self.fit_schedule(step + 1, (time.time() - t_probe) / FIT_PROBE_STEPS)
             done = step + 1 >= (self.state.get("fitted_total_b") or args.phase_b_steps)
             if self.after_step("B", opt, done):
                 return True
@@ -606,8 +612,9 @@ class Trainer:
     def fit_schedule(self, step: int, seconds_per_step: float) -> None:
         """Shorten phase B so it ends within ``--fit-minutes`` of this invocation's start, at the measured speed.
 
-        Decided once, during the warm-up (whose learning rate does not depend on the total), and kept
-        in the checkpoint, so a resumed run follows the same schedule.
+        Decided once, timed on the first long-style steps (at most a few dozen steps after the 100-step
+        warm-up, where the cosine has barely moved whatever the total), and kept in the checkpoint, so
+        a resumed run follows the same schedule.
         """
         left = 60 * self.args.fit_minutes - (time.time() - self.started)
         fitted = min(self.args.phase_b_steps, step + max(1, int(0.9 * left / seconds_per_step)))
