@@ -11,7 +11,8 @@
 # Phase B runs at batch 32 for as many of 6000 steps as fit in FIT_MINUTES (4) of training, timed on
 # its first long-style steps (after the terse-only --short-until ones, which run 2-3x faster);
 # TRAIN_MINUTES (5.5) is a hard cap. The recipe is the one that broke the CPU runs' plateau, grown
-# from the first default model (--grow-from) with the auxiliary probes placed so that the image is read by layer 2, where FastV ranks (--aux-cell-layer 1 --aux-content-layer 2
+# from the first default model (--grow-from) with the auxiliary probes placed so that the image is
+# read by layer 2, where FastV ranks (--aux-cell-layer 1 --aux-content-layer 2
 # --aux-scene-layer 2 --aux-query-layer 1) and the many-object kinds drawn more often (--kind-weights);
 # on the CPU these were switched on one after another (README: 88.8% at 3500 steps), here all from
 # the start; the first 100 steps ask only terse questions. The whole call takes about 8-9 minutes. Unpack:
