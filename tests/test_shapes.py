@@ -116,6 +116,30 @@ def test_relative_position_answers():
     assert "left of a1" not in seen and "above b1" not in seen  # no neighbour there: never asked
 
 
+@pytest.mark.parametrize("style", shapes.STYLES)
+def test_answer_cell_holds_the_object_the_answer_names(style):
+    """answer_cell: the named cell, or for left/above its neighbour; checked against the answers themselves."""
+    rng = random.Random(1)
+    for seed in range(12):
+        scene = shapes.make_scene(seed)
+        for kind in shapes.ALL_KINDS:
+            qa = shapes.ask(scene, kind, rng, style)
+            cell = shapes.answer_cell(qa)
+            if kind not in ("color", "shape", "describe", "left", "above"):
+                assert cell is None, qa
+                continue
+            obj = scene.at(cell)
+            want = {"color": "color", "shape": "shape"}.get(kind)
+            if want:
+                assert getattr(obj, want) == qa.answer
+            elif kind == "describe":
+                assert f"{obj.size} {obj.color} {obj.shape}" == qa.answer
+            else:
+                assert (obj.name if obj else "none") == qa.answer
+    assert shapes.answer_cell(shapes.QA("left", "left of b3", "none")) == "a3"
+    assert shapes.answer_cell(shapes.QA("above", "above b3", "none")) == "b2"
+
+
 def test_kinds_are_balanced_in_training_questions():
     qas = shapes.questions(shapes.make_scene(3), 14)
     kinds = [q.kind for q in qas]

@@ -70,19 +70,26 @@ def test_cell_targets_sit_where_the_answer_is_predicted(processor, bare):
     asks = (("color", "long"), ("total", "long"), ("left", "short"), ("describe", "short"), ("above", "long"))
     qas = [shapes.ask(scene, k, random.Random(i), "short" if bare else style) for i, (k, style) in enumerate(asks)]
     encoder = recipe.Encoder(processor.tokenizer)
-    ids, labels, cells = encoder.conversation_with_cells(qas, bare)
+    ids, labels, cells, answering = encoder.conversation_with_cells(qas, bare)
     assert (ids, labels) == encoder.conversation(qas, bare)
     tokens = processor.tokenizer.convert_ids_to_tokens(ids)
     answer_starts = [i for i in range(1, len(ids)) if labels[i] >= 0 and labels[i - 1] < 0]
     assert len(answer_starts) == len(qas)
     targets = {i: shapes.CELLS[c] for i, c in enumerate(cells) if c >= 0}
-    want = {}
+    looked_at = {i: shapes.CELLS[c] for i, c in enumerate(answering) if c >= 0}
+    want, want_looked = {}, {}
     for start, qa in zip(answer_starts, qas, strict=True):
         asked = re.findall(r"\b[a-d][1-4]\b", qa.question)
         if asked:  # the position whose output is the answer's first word, and the cell in the question
             want[start - 1] = asked[0]
             assert tokens[start - 1] == (asked[0] if bare else ":")
+            col, row = asked[0]
+            # --aux-content-layer's cell: the one whose object is the answer (left of b3 -> a3, above b3 -> b2)
+            want_looked[start - 1] = {"left": chr(ord(col) - 1) + row, "above": col + str(int(row) - 1)}.get(
+                qa.kind, asked[0]
+            )
     assert targets == want and len(want) == 4  # "total" names no cell
+    assert looked_at == want_looked and sum(targets[i] != looked_at[i] for i in targets) == 2
 
 
 def test_content_targets_name_the_object_in_the_asked_cell():
@@ -108,7 +115,7 @@ def test_scene_targets_count_the_objects_at_every_answer_position(processor):
     scene = shapes.make_scene(shapes.split_seed("train", 9))
     asks = (("count", "long"), ("color", "short"), ("colors", "long"), ("exists", "long"))
     qas = [shapes.ask(scene, k, random.Random(i), style) for i, (k, style) in enumerate(asks)]
-    ids, labels, _ = recipe.Encoder(processor.tokenizer).conversation_with_cells(qas)
+    ids, labels, *_ = recipe.Encoder(processor.tokenizer).conversation_with_cells(qas)
     rows = recipe.scene_targets(scene, labels, len(ids) + 3)
     tokens = processor.tokenizer.convert_ids_to_tokens(ids)
     at = [i for i, row in enumerate(rows) if row[0] != -100]
@@ -147,7 +154,7 @@ def test_query_targets_name_the_colour_and_shape_asked_about(processor):
     # In a packed conversation, at each turn's answer position, in turn order.
     scene = shapes.make_scene(shapes.split_seed("train", 2))
     qas = [shapes.ask(scene, k, random.Random(3), "long") for k in ("exists", "color", "count")]
-    ids, labels, _ = recipe.Encoder(processor.tokenizer).conversation_with_cells(qas)
+    ids, labels, *_ = recipe.Encoder(processor.tokenizer).conversation_with_cells(qas)
     rows = recipe.query_targets(qas, labels, len(ids))
     marked = [(i, row) for i, row in enumerate(rows) if row != [-100, -100]]
     assert [row for _, row in marked] == [recipe.query_class(qas[0]), [-100, -100], recipe.query_class(qas[2])][::2]
@@ -346,3 +353,22 @@ def test_grown_model_computes_what_its_source_computed(tmp_path, processor):
     # A placement that does not name one distinct layer per source layer is refused.
     with pytest.raises(SystemExit, match="need 2 distinct layer indices in 0..3"):
         trainer.grow_text(tmp_path / "v1", [1, 1])
+
+
+def test_init_from_starts_a_fresh_schedule_from_a_trained_checkpoint(tmp_path):
+    """--init-from: the earlier run's model and probes, then phase B from step 0 (own warm-up and cosine)."""
+    source = _train(tmp_path / "a", "--aux-cell-layer", "1", "--aux-content-layer", "1")
+    saved = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
+    args = [*TINY, "--out", str(tmp_path / "b"), "--aux-cell-layer", "1", "--aux-content-layer", "1"]
+    tuned = recipe.Trainer(recipe.parse_args([*args, "--init-from", str(tmp_path / "a" / "last.pt")]))
+    tuned.init_from(tmp_path / "a" / "last.pt")
+    a, b = source.model.state_dict(), tuned.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(tuned.content_probe.weight, saved["content_probe"]["weight"])
+    assert tuned.state["init_from"]["step_b"] == 3 and tuned.state["step_a"] == 2 and tuned.state["step_b"] == 0
+    with torch.enable_grad():
+        assert tuned.run()
+    assert tuned.state["step_b"] == 3  # its own phase B, counted from 0
+    assert not any(torch.equal(a[k], tuned.model.state_dict()[k]) for k in a if "language_model.layers.0." in k)
+    with pytest.raises(SystemExit, match="no such checkpoint"):
+        recipe.Trainer(recipe.parse_args([*args, "--init-from", str(tmp_path / "none.pt")])).run()

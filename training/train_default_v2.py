@@ -105,6 +105,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "embeddings (implies --init-vision from the same folder)",
     )
     p.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="an earlier run's OUT/last.pt: start from its trained model and probes, with a fresh optimiser and "
+        "phase B schedule (fine-tune with a changed recipe); skips phase A",
+    )
+    p.add_argument(
         "--grown-layers-at",
         default="1,2,3,4,5,6",
         help="with --grow-from: where the source's text layers go; the other layers start as identities",
@@ -202,26 +209,32 @@ class Encoder:
 
     def conversation(self, qas: list[shapes.QA], bare: bool = False) -> tuple[list[int], list[int]]:
         """``<s>SYSTEM USER: <image>*144 q1 ASSISTANT: a1</s> USER: q2 ASSISTANT: a2</s>...``; labels on answers."""
-        ids, labels, _ = self.conversation_with_cells(qas, bare)
+        ids, labels, _, _ = self.conversation_with_cells(qas, bare)
         return ids, labels
 
     def conversation_with_cells(
         self, qas: list[shapes.QA], bare: bool = False
-    ) -> tuple[list[int], list[int], list[int]]:
-        """`conversation`, plus the auxiliary targets: at each turn's last prompt token (the one that
-        predicts the answer), the index in `shapes.CELLS` of the cell its question names; -100 elsewhere."""
+    ) -> tuple[list[int], list[int], list[int], list[int]]:
+        """`conversation`, plus the auxiliary targets at each turn's last prompt token (the one that
+        predicts the answer), -100 elsewhere: the index in `shapes.CELLS` of the cell its question names
+        (``--aux-cell-layer``), and of the cell whose object answers it (``--aux-content-layer``; the
+        named cell's neighbour for ``left`` / ``above``)."""
         ids = [self.bos, *self.system, *self.user, *[self.image] * NUM_IMAGE_TOKENS]
         labels = [-100] * len(ids)
         cells = [-100] * len(ids)
+        answering = [-100] * len(ids)
         for i, qa in enumerate(qas):
             prompt = (self.user if i else []) + self.ids(qa.question) + ([] if bare else self.assistant)
             answer = self.ids(qa.answer) + [self.eos]
             named = [w for w in shapes.words_of(qa.question) if w in shapes.CELLS]
+            target = shapes.answer_cell(qa)
             ids += prompt + answer
             labels += [-100] * len(prompt) + answer
             cells += [-100] * (len(prompt) - 1) + [shapes.CELLS.index(named[-1]) if named else -100]
+            answering += [-100] * (len(prompt) - 1) + [shapes.CELLS.index(target) if target else -100]
             cells += [-100] * len(answer)
-        return ids, labels, cells
+            answering += [-100] * len(answer)
+        return ids, labels, cells, answering
 
 
 def kind_weights(spec: str) -> dict[str, int]:
@@ -343,27 +356,27 @@ class PhaseBBatches(torch.utils.data.Dataset):
         bare = step < self.args.bare_until
         asked = [turns(s, self.args, step, j) for j, s in enumerate(scenes)]
         seqs = [self.encoder.conversation_with_cells(qas, bare) for qas in asked]
-        width = max(len(ids) for ids, _, _ in seqs)
+        width = max(len(ids) for ids, *_ in seqs)
         pad = self.processor.tokenizer.pad_token_id
         batch = {
             "step": torch.tensor(step),
             "pixel_values": pixel_values(self.processor, scenes),
-            "input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _, _ in seqs]),
-            "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _, _ in seqs]),
-            "labels": torch.tensor([lab + [-100] * (width - len(lab)) for _, lab, _ in seqs]),
+            "input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, *_ in seqs]),
+            "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, *_ in seqs]),
+            "labels": torch.tensor([lab + [-100] * (width - len(lab)) for _, lab, *_ in seqs]),
         }
         # Only the switched-on probes' targets: the scene counts alone are ~30 ints per token.
         args, items = self.args, list(zip(scenes, asked, seqs, strict=True))
         if args.aux_cell_layer:
-            batch["cell_labels"] = torch.tensor([c + [-100] * (width - len(c)) for _, _, c in seqs])
+            batch["cell_labels"] = torch.tensor([c + [-100] * (width - len(c)) for _, _, c, _ in seqs])
         if args.aux_content_layer:
             batch["content_labels"] = torch.tensor(
-                [[content_class(s, c) for c in cells] + [-100] * (width - len(cells)) for s, _, (_, _, cells) in items]
+                [[content_class(s, c) for c in at] + [-100] * (width - len(at)) for s, _, (*_, at) in items]
             )
         if args.aux_scene_layer:
-            batch["scene_labels"] = torch.tensor([scene_targets(s, lab, width) for s, _, (_, lab, _) in items])
+            batch["scene_labels"] = torch.tensor([scene_targets(s, lab, width) for s, _, (_, lab, *_) in items])
         if args.aux_query_layer:
-            batch["query_labels"] = torch.tensor([query_targets(qas, lab, width) for _, qas, (_, lab, _) in items])
+            batch["query_labels"] = torch.tensor([query_targets(qas, lab, width) for _, qas, (_, lab, *_) in items])
         return batch
 
 
@@ -631,6 +644,25 @@ class Trainer:
         kinds = " ".join(f"{k}={v:.2f}" for k, v in res["per_kind"].items())
         print(f"[val B step {step}] overall {res['overall']:.3f} {kinds} ({time.time() - t1:.0f} s)", flush=True)
 
+    def init_from(self, path: Path) -> None:
+        """Start from an earlier run's checkpoint: its model, heads and probes, not its optimiser or steps.
+
+        Why: a change to the recipe (a probe's target, the kind weights) can be tried as a short
+        fine-tune of a trained model, on its own warm-up and cosine, instead of a two-hour run.
+        """
+        if not path.is_file():
+            raise SystemExit(f"--init-from {path}: no such checkpoint (an earlier run's OUT/last.pt)")
+        saved = torch.load(path, weights_only=False, map_location="cpu")
+        self.model.load_state_dict(saved["model"])
+        self.heads.load_state_dict(saved["heads"])
+        for name in PROBES:
+            if name in saved:
+                getattr(self, name).load_state_dict(saved[name])
+        self.state["step_a"] = self.args.phase_a_steps
+        keys = ("step_b", "elapsed", "cpu_seconds", "commands")
+        self.state["init_from"] = {"path": str(path), **{k: saved.get(k) for k in keys}}
+        print(f"model and probes from {path} (its phase B step {saved.get('step_b')}); phase A skipped", flush=True)
+
     def init_vision(self, path: Path, loaded=None) -> None:
         """Copy a trained tower + projector (the first default model's: same shapes, frozen in its phase B).
 
@@ -692,6 +724,8 @@ class Trainer:
         """Train until done or stopped; True when the model is ready to finish (both phases done, or time up)."""
         if self.args.resume and self.ckpt.exists():
             self.load()
+        elif self.args.init_from is not None:
+            self.init_from(self.args.init_from)
         elif self.args.grow_from is not None:
             self.grow_text(self.args.grow_from, [int(i) for i in self.args.grown_layers_at.split(",")])
         elif self.args.init_vision is not None:
@@ -721,6 +755,7 @@ class Trainer:
             "train_cpu_seconds": round(self.state["cpu_seconds"], 1),
             "vision_from": self.state.get("vision_from"),
             "text_from": self.state.get("text_from"),
+            "init_from": self.state.get("init_from"),  # its training time is not in train_seconds above
             "device": str(self.device),
             "commands": self.state["commands"],
             "args": self.state["args"],
