@@ -49,7 +49,7 @@ def probe(model, processor, samples: list[shapes.Sample]) -> dict:
         inputs = processor(images=s.image(), text=text, return_tensors="pt")
         ids = inputs["input_ids"][0]
         tokens = processor.tokenizer.convert_ids_to_tokens(ids.tolist())
-        cell = [w for w in shapes.words_of(s.question) if w in shapes.CELLS][-1]
+        cell = shapes.named_cell(s.question)
         cell_pos = max(i for i, t in enumerate(tokens) if t == cell)
         visual = (ids == model.config.image_token_id).nonzero()[:, 0]
         asked = visual[cell_patches(cell)]

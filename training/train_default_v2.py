@@ -226,14 +226,11 @@ class Encoder:
         for i, qa in enumerate(qas):
             prompt = (self.user if i else []) + self.ids(qa.question) + ([] if bare else self.assistant)
             answer = self.ids(qa.answer) + [self.eos]
-            named = [w for w in shapes.words_of(qa.question) if w in shapes.CELLS]
-            target = shapes.answer_cell(qa)
             ids += prompt + answer
             labels += [-100] * len(prompt) + answer
-            cells += [-100] * (len(prompt) - 1) + [shapes.CELLS.index(named[-1]) if named else -100]
-            answering += [-100] * (len(prompt) - 1) + [shapes.CELLS.index(target) if target else -100]
-            cells += [-100] * len(answer)
-            answering += [-100] * len(answer)
+            for targets, cell in ((cells, shapes.named_cell(qa.question)), (answering, shapes.answer_cell(qa))):
+                targets += [-100] * (len(prompt) - 1) + [shapes.CELLS.index(cell) if cell else -100]
+                targets += [-100] * len(answer)
         return ids, labels, cells, answering
 
 
@@ -481,11 +478,7 @@ class Trainer:
 
     def load(self) -> None:
         saved = torch.load(self.ckpt, weights_only=False, map_location="cpu")
-        self.model.load_state_dict(saved.pop("model"))
-        self.heads.load_state_dict(saved.pop("heads"))
-        for name in PROBES:
-            if name in saved:
-                getattr(self, name).load_state_dict(saved.pop(name))
+        self.load_weights(saved)
         self.opt_state = saved.pop("opt") or {}
         self.state.update(saved)
         print(
@@ -493,6 +486,14 @@ class Trainer:
             f"{self.state['elapsed'] / 60:.1f} min of training so far",
             flush=True,
         )
+
+    def load_weights(self, saved: dict) -> None:
+        """Take the model, heads and probes out of a checkpoint dict (``--resume``, ``--init-from``)."""
+        self.model.load_state_dict(saved.pop("model"))
+        self.heads.load_state_dict(saved.pop("heads"))
+        for name in PROBES:
+            if name in saved:
+                getattr(self, name).load_state_dict(saved.pop(name))
 
     def save(self) -> None:
         self.args.out.mkdir(parents=True, exist_ok=True)
@@ -613,7 +614,7 @@ class Trainer:
             if args.fit_minutes and "fitted_total_b" not in self.state:
                 if step + 1 == probe_from:
                     t_probe = time.time()
-                elif step + 1 == probe_from + FIT_PROBE_STEPS and t_probe is not None:
+                elif step + 1 == probe_from + FIT_PROBE_STEPS:
                     self.fit_schedule(step + 1, (time.time() - t_probe) / FIT_PROBE_STEPS)
             done = step + 1 >= (self.state.get("fitted_total_b") or args.phase_b_steps)
             if self.after_step("B", opt, done):
@@ -653,11 +654,7 @@ class Trainer:
         if not path.is_file():
             raise SystemExit(f"--init-from {path}: no such checkpoint (an earlier run's OUT/last.pt)")
         saved = torch.load(path, weights_only=False, map_location="cpu")
-        self.model.load_state_dict(saved["model"])
-        self.heads.load_state_dict(saved["heads"])
-        for name in PROBES:
-            if name in saved:
-                getattr(self, name).load_state_dict(saved[name])
+        self.load_weights(saved)
         self.state["step_a"] = self.args.phase_a_steps
         keys = ("step_b", "elapsed", "cpu_seconds", "commands")
         self.state["init_from"] = {"path": str(path), **{k: saved.get(k) for k in keys}}

@@ -57,6 +57,7 @@ from fastv.zoo.datasets.shapes.questions import (
     answer_cell,
     ask,
     eval_samples,
+    named_cell,
     questions,
     words_of,
 )
@@ -111,6 +112,7 @@ __all__ = [
     "ask",
     "eval_samples",
     "make_scene",
+    "named_cell",
     "object_map",
     "patch_cells",
     "patch_objects",

@@ -193,6 +193,12 @@ def ask(scene: Scene, kind: str, rng: random.Random, style: str = "short") -> QA
     return QA(kind, f"{template.format(**slots)}\n{_ONE_WORD}", answer)
 
 
+def named_cell(question: str) -> str | None:
+    """The cell a question names (its last cell word, in either style), or None if it names none."""
+    named = [w for w in words_of(question) if w in CELLS]
+    return named[-1] if named else None
+
+
 def answer_cell(qa: QA) -> str | None:
     """The cell whose object answers ``qa``: the cell it names, or for ``left`` / ``above`` that cell's
     neighbour; None for the kinds that name no cell (count, exists and the scene-level ones).
@@ -200,10 +206,10 @@ def answer_cell(qa: QA) -> str | None:
     Why: a look-up that reads the named cell answers ``color b3`` but not ``left of b3``, so
     whatever must see the answering object (an auxiliary probe, an attention measure) needs this cell.
     """
-    named = [w for w in words_of(qa.question) if w in CELLS]
-    if not named:
-        return None
-    return _neighbour(named[-1], qa.kind) if qa.kind in ("left", "above") else named[-1]
+    named = named_cell(qa.question)
+    if named is None or qa.kind not in ("left", "above"):
+        return named
+    return _neighbour(named, qa.kind)
 
 
 def questions(
