@@ -372,3 +372,18 @@ def test_init_from_starts_a_fresh_schedule_from_a_trained_checkpoint(tmp_path):
     assert not any(torch.equal(a[k], tuned.model.state_dict()[k]) for k in a if "language_model.layers.0." in k)
     with pytest.raises(SystemExit, match="no such checkpoint"):
         recipe.Trainer(recipe.parse_args([*args, "--init-from", str(tmp_path / "none.pt")])).run()
+
+
+def test_bf16_only_where_the_hardware_runs_it(monkeypatch):
+    """An AVX2-only CPU emulates bf16 ~40x slower than fp32: the run picks fp32 there unless told."""
+    cpu = torch.device("cpu")
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
+    assert not recipe.use_bf16(cpu)
+    assert recipe.use_bf16(cpu, force_on=True)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert recipe.use_bf16(cpu)
+    assert not recipe.use_bf16(cpu, force_off=True)
+    assert recipe.use_bf16(torch.device("cuda"))
+    with pytest.raises(SystemExit, match="contradict"):
+        recipe.use_bf16(cpu, force_on=True, force_off=True)
