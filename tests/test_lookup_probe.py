@@ -49,3 +49,33 @@ def test_visual_share_matches_fastv_analyze_on_a_tiny_model():
         want += torch.as_tensor(res.share[:, analysis.GROUPS.index("visual")], dtype=torch.float32)
     torch.testing.assert_close(torch.tensor(got["visual_share"]), want / 2, atol=1e-3, rtol=0)
     assert all(0 <= v <= 1 for v in got["on_asked_cell"] + got["to_cell_word"])
+
+
+def test_left_questions_are_measured_on_the_neighbour_cell_that_answers():
+    """`left of b3` is answered by a3's object: the focus measure reads a3's patches, not b3's."""
+    from fastv.core.hf.chat import chat_text
+
+    processor = build_processor("v2")
+    torch.manual_seed(0)
+    model = build_model_v2(processor.tokenizer, text_layers=2, text_hidden=64, text_intermediate=128)
+    model.config._attn_implementation = "eager"
+    model.eval()
+    (s,) = shapes.eval_samples("validation", 1, ("left",), style="long")
+    named = s.question.split("cell ")[-1][:2]  # both long templates end with "... cell b3"
+    left = "abcd"["abcd".index(named[0]) - 1] + named[1]
+    got = lookup_probe.probe(model, processor, [s])
+    inputs = processor(images=s.image(), text=chat_text(processor, s.question, 1, False), return_tensors="pt")
+    with torch.no_grad():
+        att = model(**inputs, output_attentions=True).attentions
+    visual = (inputs["input_ids"][0] == model.config.image_token_id).nonzero()[:, 0]
+    for layer, a in enumerate(att):
+        last = a[0, :, -1]
+        want = (last[:, visual[lookup_probe.cell_patches(left)]].sum(-1) / last[:, visual].sum(-1)).max()
+        assert abs(got["on_asked_cell"][layer] - want.item()) < 1e-5
+
+
+def test_kinds_that_name_no_cell_are_refused():
+    import pytest
+
+    with pytest.raises(SystemExit, match="name no cell"):
+        lookup_probe.main(["--model", "unused", "--kinds", "count"])

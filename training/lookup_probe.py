@@ -10,7 +10,8 @@ averaged over validation questions (eager attention, head by head):
 - ``to_cell_word``: the largest attention any head pays from the last token to the question's cell word;
 - ``visual_share``: the head-averaged share of the last token's attention on the visual tokens;
 - ``on_asked_cell``: the largest share, over heads, of a head's visual attention that falls on the
-  asked cell's patches (chance: 9 of 144 = 0.06).
+  patches of the cell whose object answers (chance: 9 of 144 = 0.06): the named cell, or for
+  ``--kinds left,above`` its neighbour (``shapes.answer_cell``), which ``left of b3`` must read.
 The first default model (terse prompts, the cell word is the last token) puts 0.83-0.96 of its
 visual attention on the asked cell from layer 1 on; the template-prompted runs that plateau at ~60%
 gather the cell (hop 1) but reach only ~0.6 there and answer from the scene's common colours.
@@ -32,6 +33,7 @@ from fastv.core.hf.chat import chat_text  # noqa: E402
 from fastv.zoo.datasets import shapes  # noqa: E402
 
 CELL_KINDS = ("color", "shape", "describe")
+NEIGHBOUR_KINDS = ("left", "above")  # answered by the named cell's neighbour
 
 
 def cell_patches(cell: str) -> torch.Tensor:
@@ -52,7 +54,7 @@ def probe(model, processor, samples: list[shapes.Sample]) -> dict:
         cell = shapes.named_cell(s.question)
         cell_pos = max(i for i, t in enumerate(tokens) if t == cell)
         visual = (ids == model.config.image_token_id).nonzero()[:, 0]
-        asked = visual[cell_patches(cell)]
+        asked = visual[cell_patches(shapes.answer_cell(s))]
         with torch.no_grad():
             out = model(**inputs, output_attentions=True)
         right += processor.tokenizer.decode(out.logits[0, -1].argmax()) == s.answer.split()[0]
@@ -75,15 +77,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", required=True, help="a model folder")
     p.add_argument("--style", choices=shapes.STYLES, default="long")
     p.add_argument("--images", type=int, default=12, help="validation scenes (one question per cell kind each)")
+    p.add_argument("--kinds", default=",".join(CELL_KINDS), help="cell-level kinds to probe, e.g. left,above")
     p.add_argument("--out", type=Path, default=None, help="also write the result here (JSON)")
     args = p.parse_args(argv)
+    kinds = tuple(args.kinds.split(","))
+    if unknown := set(kinds) - set(CELL_KINDS + NEIGHBOUR_KINDS):
+        raise SystemExit(f"--kinds {args.kinds}: {sorted(unknown)} name no cell; use {CELL_KINDS + NEIGHBOUR_KINDS}")
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     torch.set_num_threads(1)
     processor = AutoProcessor.from_pretrained(args.model, local_files_only=True)
     model = LlavaForConditionalGeneration.from_pretrained(args.model, attn_implementation="eager").eval()
-    result = {"model": args.model, "style": args.style}
-    result |= probe(model, processor, shapes.eval_samples("validation", args.images, CELL_KINDS, style=args.style))
+    result = {"model": args.model, "style": args.style, "kinds": list(kinds)}
+    result |= probe(model, processor, shapes.eval_samples("validation", args.images, kinds, style=args.style))
     print(f"{result['questions']} questions, first-word accuracy {result['first_word_accuracy']:.3f}")
     print("layer  to_cell_word  visual_share  on_asked_cell")
     for layer in range(len(result["visual_share"])):
