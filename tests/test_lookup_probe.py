@@ -71,7 +71,7 @@ def test_left_questions_are_measured_on_the_neighbour_cell_that_answers():
     for layer, a in enumerate(att):
         last = a[0, :, -1]
         want = (last[:, visual[lookup_probe.cell_patches(left)]].sum(-1) / last[:, visual].sum(-1)).max()
-        assert abs(got["on_asked_cell"][layer] - want.item()) < 1e-5
+        assert abs(got["on_asked_cell"][layer] - want.item()) < 6e-5  # the probe rounds to 4 decimals
 
 
 def test_kinds_that_name_no_cell_are_refused():
