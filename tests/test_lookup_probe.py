@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from fastv.zoo.datasets import shapes
@@ -13,6 +14,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "training"))
 
 import lookup_probe  # noqa: E402
 from model_setup import build_model_v2, build_processor  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A 2-layer template-prompted LLaVA with random weights, eager attention (the probe reads weights)."""
+    processor = build_processor("v2")
+    torch.manual_seed(0)
+    model = build_model_v2(processor.tokenizer, text_layers=2, text_hidden=64, text_intermediate=128)
+    model.config._attn_implementation = "eager"
+    return model.eval(), processor
 
 
 def test_cell_patches_are_the_patches_whose_centres_lie_in_the_cell():
@@ -30,15 +41,11 @@ def test_cell_patches_are_the_patches_whose_centres_lie_in_the_cell():
         assert lookup_probe.cell_patches(cell).tolist() == want
 
 
-def test_visual_share_matches_fastv_analyze_on_a_tiny_model():
+def test_visual_share_matches_fastv_analyze_on_a_tiny_model(tiny):
     from fastv.analysis import attention as analysis
     from fastv.core.hf.chat import chat_text
 
-    processor = build_processor("v2")
-    torch.manual_seed(0)
-    model = build_model_v2(processor.tokenizer, text_layers=2, text_hidden=64, text_intermediate=128)
-    model.config._attn_implementation = "eager"
-    model.eval()
+    model, processor = tiny
     samples = shapes.eval_samples("validation", 2, ("color",), style="long")
     got = lookup_probe.probe(model, processor, samples)
     assert got["questions"] == 2 and len(got["visual_share"]) == 2
@@ -51,15 +58,11 @@ def test_visual_share_matches_fastv_analyze_on_a_tiny_model():
     assert all(0 <= v <= 1 for v in got["on_asked_cell"] + got["to_cell_word"])
 
 
-def test_left_questions_are_measured_on_the_neighbour_cell_that_answers():
+def test_left_questions_are_measured_on_the_neighbour_cell_that_answers(tiny):
     """`left of b3` is answered by a3's object: the focus measure reads a3's patches, not b3's."""
     from fastv.core.hf.chat import chat_text
 
-    processor = build_processor("v2")
-    torch.manual_seed(0)
-    model = build_model_v2(processor.tokenizer, text_layers=2, text_hidden=64, text_intermediate=128)
-    model.config._attn_implementation = "eager"
-    model.eval()
+    model, processor = tiny
     (s,) = shapes.eval_samples("validation", 1, ("left",), style="long")
     named = s.question.split("cell ")[-1][:2]  # both long templates end with "... cell b3"
     left = "abcd"["abcd".index(named[0]) - 1] + named[1]
@@ -75,7 +78,5 @@ def test_left_questions_are_measured_on_the_neighbour_cell_that_answers():
 
 
 def test_kinds_that_name_no_cell_are_refused():
-    import pytest
-
     with pytest.raises(SystemExit, match="name no cell"):
         lookup_probe.main(["--model", "unused", "--kinds", "count"])
