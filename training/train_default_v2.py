@@ -447,9 +447,8 @@ def native_bf16(device: torch.device) -> bool:
     """True where bf16 matmuls run in hardware: any CUDA device, or a CPU with AVX512-BF16 or AMX tiles."""
     if device.type == "cuda":
         return True
-    cpu = getattr(torch, "cpu", None)
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, so looked up defensively
-    return device.type == "cpu" and any(getattr(cpu, name, lambda: False)() for name in checks)
+    return device.type == "cpu" and any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def use_bf16(device: torch.device, force_on: bool = False, force_off: bool = False) -> bool:
@@ -465,7 +464,8 @@ class Trainer:
         kind_weights(args.kind_weights)  # a bad spec fails here, not at the first batch
         self.device = torch.device(args.device)
         self.bf16 = use_bf16(self.device, force_on=args.bf16, force_off=args.no_bf16)
-        print(f"precision: {'bf16 autocast' if self.bf16 else 'fp32'} on {self.device}", flush=True)
+        self.precision = "bf16 autocast" if self.bf16 else "fp32"  # printed now, recorded in the report
+        print(f"precision: {self.precision} on {self.device}", flush=True)
         self.processor = build_processor("v2")
         self.model = build_model_v2(
             self.processor.tokenizer, args.text_layers, args.text_hidden, args.text_intermediate
@@ -778,7 +778,7 @@ class Trainer:
             "text_from": self.state.get("text_from"),
             "init_from": self.state.get("init_from"),  # its training time is not in train_seconds above
             "device": str(self.device),
-            "precision": "bf16 autocast" if self.bf16 else "fp32",
+            "precision": self.precision,
             "commands": self.state["commands"],
             "args": self.state["args"],
             "phase_b_steps_done": self.state["step_b"],
