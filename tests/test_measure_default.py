@@ -43,3 +43,17 @@ def test_bar_needs_accuracy_fastv_close_to_full_and_above_random_everywhere():
     rows[1] = _row("last_token", 0.5, 0.965)
     rows[-1] = _row("random", 0.9, 0.8)  # a tie with random is not "above"
     assert measure_default.fastv_bar(rows)["fastv_above_random"]["0.9"] is False
+
+
+def test_per_kind_names_the_kinds_fastv_loses_to_random_even_when_the_average_hides_them():
+    """The 1738-step candidate's figures at R=50% (runs.json): `total` alone collapses under FastV."""
+    full = {"total": 1.0, "color": 1.0, "anyleft": 0.7}
+    rows = [{**_row(None, None, 0.936), "per_kind": full}]
+    for r in (0.5, 0.75, 0.9):
+        rows.append({**_row("last_token", r, 0.9), "per_kind": {"total": 0.25, "color": 1.0, "anyleft": 0.6}})
+        rows.append({**_row("random", r, 0.9), "per_kind": {"total": 0.95, "color": 0.9, "anyleft": 0.65}})
+    verdict = measure_default.fastv_bar(rows)
+    table = verdict["per_kind"]
+    assert table["accuracy"]["full"] == full and table["accuracy"]["last_token 0.5"]["total"] == 0.25
+    # total trails by 70 points; anyleft by 5 (within the 10-point margin); color is ahead.
+    assert table["fastv_far_below_random"] == {"0.5": ["total"], "0.75": ["total"], "0.9": ["total"]}

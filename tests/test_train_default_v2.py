@@ -247,9 +247,9 @@ def test_stopped_and_resumed_run_ends_bit_for_bit_like_an_uninterrupted_one(tmp_
 
 
 def test_probes_train_and_resume_bit_for_bit(tmp_path):
-    """All four auxiliary probes and kind weights: they learn, are checkpointed, and a resume matches."""
+    """All four auxiliary probes, kind weights and hidden background: they learn, are checkpointed, and a resume matches."""
     extra = ("--aux-cell-layer", "1", "--aux-content-layer", "1", "--aux-scene-layer", "2", "--aux-query-layer", "1")
-    extra += ("--kind-weights", "count=3")
+    extra += ("--kind-weights", "count=3", "--hide-background", "0.5")
     straight = _train(tmp_path / "straight", *extra)
     _train(tmp_path / "cut", *extra, "--stop-after", "3")
     resumed = _train(tmp_path / "cut", *extra, "--resume")
@@ -387,3 +387,62 @@ def test_bf16_only_where_the_hardware_runs_it(monkeypatch):
     assert recipe.use_bf16(torch.device("cuda"))
     with pytest.raises(SystemExit, match="contradict"):
         recipe.use_bf16(cpu, force_on=True, force_off=True)
+
+
+def test_hidden_background_is_only_empty_cells_no_turn_asks_about():
+    """--hide-background hides patches of cells with no object that no turn names or is answered by;
+    it is off at share 0, reproducible from its seed, and hides varying amounts."""
+    cells = shapes.patch_cells()
+    amounts = set()
+    for i in range(40):
+        scene = shapes.make_scene(shapes.split_seed("train", i))
+        qas = [shapes.ask(scene, k, random.Random(i), "long") for k in ("color", "left", "above", "total")]
+        hidden = recipe.hidden_patches(scene, qas, 1.0, seed=i)
+        assert recipe.hidden_patches(scene, qas, 1.0, seed=i).tolist() == hidden.tolist()
+        assert recipe.hidden_patches(scene, qas, 0.0, seed=i).size == 0
+        # Transcribed independently: the cells drawn on, and the cells the questions' words point at.
+        drawn = {o.cell for o in scene.objects}
+        mentioned = {w for qa in qas for w in re.findall(r"\b[a-d][1-4]\b", qa.question)}
+        for qa in qas:  # left / above are answered by the named cell's neighbour
+            for w in re.findall(r"\b([a-d])([1-4])\b", qa.question):
+                if qa.kind == "left":
+                    mentioned.add(f"{chr(ord(w[0]) - 1)}{w[1]}")
+                if qa.kind == "above":
+                    mentioned.add(f"{w[0]}{int(w[1]) - 1}")
+        seen = {shapes.CELLS[cells[p]] for p in hidden}
+        assert not seen & (drawn | mentioned)
+        amounts.add(len(hidden))
+    assert len(amounts) > 10 and max(amounts) > 40
+
+
+def test_hidden_visual_tokens_are_unseen_by_every_answer(processor):
+    """The batch's attention mask hides the chosen visual tokens from every layer: changing their
+    inputs to the language model changes no logit, while changing a shown visual token does."""
+    args = recipe.parse_args([*TINY, "--hide-background", "1.0", "--phase-b-batch", "4"])
+    batch = recipe.PhaseBBatches(args, processor, 0)[5]
+    start = recipe.Encoder(processor.tokenizer).image_start
+    visual = batch["attention_mask"][:, start : start + recipe.NUM_IMAGE_TOKENS]
+    row = int((visual == 0).sum(1).argmax())
+    assert (visual[row] == 0).any() and (batch["attention_mask"][:, :start] == 1).all()
+    torch.manual_seed(0)
+    model = build_model_v2(processor.tokenizer, 2, 64, 128).eval()
+    inputs = {k: batch[k][row : row + 1] for k in recipe.MODEL_INPUTS}
+
+    def logits_with(positions: torch.Tensor) -> torch.Tensor:
+        def perturb(module, args, kwargs):
+            embeds = kwargs["inputs_embeds"].clone()
+            embeds[0, start + positions] += 5.0
+            return args, {**kwargs, "inputs_embeds": embeds}
+
+        handle = model.model.language_model.register_forward_pre_hook(perturb, with_kwargs=True)
+        try:
+            return model(**inputs).logits
+        finally:
+            handle.remove()
+
+    answers = inputs["labels"][0] != -100
+    base = logits_with(torch.zeros(0, dtype=torch.long))[0, answers]
+    hidden = (visual[row] == 0).nonzero().flatten()
+    shown = (visual[row] == 1).nonzero().flatten()[:3]
+    assert torch.allclose(logits_with(hidden)[0, answers], base, atol=1e-5)
+    assert not torch.allclose(logits_with(shown)[0, answers], base, atol=1e-3)

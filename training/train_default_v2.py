@@ -39,7 +39,10 @@ asks for the object in that cell by layer N (the image read early, as FastV's K=
 ``--aux-scene-layer N`` for the scene's object counts at every answer position (every object read
 early, whatever the question); ``--aux-query-layer N`` is the cell probe's counterpart for count,
 exists and anyleft (the colour and shape they ask about). ``--kind-weights count=3,...`` draws the
-many-object kinds, which lag the cell look-ups, more often.
+many-object kinds, which lag the cell look-ups, more often. ``--hide-background S`` hides a random part
+of the empty, unasked cells' visual tokens (attention mask, every layer) on a share S of the images, so
+the amount of background stops telling the number of objects (`hidden_patches` says why that matters
+to FastV).
 
 Every step's data is a pure function of (seed, step), and checkpoints (every ``--ckpt-minutes``,
 written atomically outside the repository) hold the model, the optimiser and the counters, so a
@@ -170,6 +173,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0,
         help="curriculum: before this B step, terse turns answered right after their last word (no ASSISTANT:)",
     )
+    p.add_argument(
+        "--hide-background",
+        type=float,
+        default=0.0,
+        help="share of training images whose empty, unasked cells lose a random part of their visual tokens "
+        "(masked out of attention at every layer; 0: off)",
+    )
     p.add_argument("--ckpt-minutes", type=float, default=3.0)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--val-every", type=int, default=100)
@@ -206,6 +216,7 @@ class Encoder:
         self.image = tokenizer.convert_tokens_to_ids("<image>")
         self.system = self.ids(SYSTEM_PROMPT)
         self.user, self.assistant = self.ids("USER:"), self.ids("ASSISTANT:")
+        self.image_start = 1 + len(self.system) + len(self.user)  # the first visual token's position
 
     def ids(self, text: str) -> list[int]:
         out = self.tok(text, add_special_tokens=False)["input_ids"]
@@ -238,6 +249,30 @@ class Encoder:
                 targets += [-100] * (len(prompt) - 1) + [shapes.CELLS.index(cell) if cell else -100]
                 targets += [-100] * len(answer)
         return ids, labels, cells, answering
+
+
+def hidden_patches(scene: shapes.Scene, qas: list[shapes.QA], share: float, seed: int) -> np.ndarray:
+    """``--hide-background``: the visual tokens (row-major patch indices) one training image hides.
+
+    Why: the model counted objects by proportion (how much of the image shows an object), which is
+    exact when every image has 144 tokens, because empty cells are exactly the cells without an
+    object. FastV keeps the tokens the last prompt token attends to, mostly the objects, so the
+    proportion rises and the model overcounts (``total``: 100% -> 25% at R=50%, every miss one to
+    three too many; random pruning keeps the proportion and the answers). Hiding a random part of the
+    empty background on a share of images makes the amount of background vary independently of the
+    objects, as it does between real photos, so counting must rest on the objects alone. Only
+    patches of cells with no object that no turn names or is answered by are hidden, so every answer
+    stays visible. A pure function of its arguments, so resumed runs stay bit for bit.
+    """
+    rng = random.Random(seed)
+    if share <= 0 or rng.random() >= share:
+        return np.zeros(0, dtype=np.int64)
+    occupied = {o.cell for o in scene.objects}
+    asked = {c for qa in qas for c in (shapes.named_cell(qa.question), shapes.answer_cell(qa)) if c}
+    cells = shapes.patch_cells()
+    free = [p for p in range(len(cells)) if shapes.CELLS[cells[p]] not in occupied | asked]
+    fraction = rng.random()
+    return np.array(sorted(p for p in free if rng.random() < fraction), dtype=np.int64)
 
 
 def kind_weights(spec: str) -> dict[str, int]:
@@ -361,11 +396,16 @@ class PhaseBBatches(torch.utils.data.Dataset):
         seqs = [self.encoder.conversation_with_cells(qas, bare) for qas in asked]
         width = max(len(ids) for ids, *_ in seqs)
         pad = self.processor.tokenizer.pad_token_id
+        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, *_ in seqs])
+        for j, (scene, qas) in enumerate(zip(scenes, asked, strict=True)):
+            seed = ((self.args.seed * 1_000_003 + step) * 4099 + j) * 7 + 1  # not turns()'s stream
+            hidden = hidden_patches(scene, qas, self.args.hide_background, seed)
+            mask[j, self.encoder.image_start + torch.from_numpy(hidden)] = 0
         batch = {
             "step": torch.tensor(step),
             "pixel_values": pixel_values(self.processor, scenes),
             "input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, *_ in seqs]),
-            "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, *_ in seqs]),
+            "attention_mask": mask,
             "labels": torch.tensor([lab + [-100] * (width - len(lab)) for _, lab, *_ in seqs]),
         }
         # Only the switched-on probes' targets: the scene counts alone are ~30 ints per token.
