@@ -4,8 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=benchmarks/results/default_model
-DATA=shapes:test:30          # 30 test scenes x 7 question kinds = 210 samples (~20 min on 2 cores)
-COMMON=(--model default --data "$DATA" --max-new-tokens 4 --no-progress)
+# 20 test scenes x 11 question kinds (cell look-ups and scene-level), asked in the long, LLaVA-style
+# phrasing the default model was trained on: 220 samples. The longest answer ("large blue square")
+# is 4 words, up to 6 tokens.
+DATA=shapes:test:20:all:long
+COMMON=(--model default --data "$DATA" --max-new-tokens 6 --no-progress)
 
 # Issue 5: FastV at K in {1,2,3}, R in {25,50,75,90}%, next to random pruning at the same budget.
 fastv eval "${COMMON[@]}" --k 1,2,3 --ratio 0.25,0.5,0.75,0.9 --scorer last_token,random --out "$OUT/fastv"
@@ -22,9 +25,9 @@ SUCC=(--model default --data shapes:test:10 --limit "${SUCCESSORS_LIMIT:-35}" --
 fastv eval "${SUCC[@]}" --method pdrop,visionzip,divprune --keep 48 --positions contiguous,original --out "$OUT/successors"
 fastv eval "${SUCC[@]}" --method visionzip+fastv --keep 48 --out "$OUT/successors"
 fastv eval "${SUCC[@]}" --method visionzip,divprune --keep 16 --positions contiguous,original --out "$OUT/successors"
-# pdrop's first cut is layer L/4 = 1 of 6, so its layer-average budget cannot go below 144/6 = 24.
+# pdrop's first cut is layer L/4 = 2 of 10, so its layer-average budget cannot go below 2 x 144 / 10 = 28.8.
 fastv eval "${SUCC[@]}" --method pdrop,visionzip,divprune --keep 32 --positions contiguous,original --out "$OUT/successors"
 
-# Issue 18: the whole field (each method with its defaults) on the same 35 questions as the successors table.
+# Issue 18: the whole field (each method with its defaults) on the same 55 questions as the successors table.
 fastv eval "${SUCC[@]}" --method fastv,dart,cdpruner,holov,vscan,flowcut,sparsevlm,visionzip,divprune,random \
     --keep 48,32,16 --out "$OUT/field"

@@ -34,7 +34,7 @@ mkdir -p "$CKPT" "$OUT"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, \
 torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')" | tee "$OUT/train.log"
 python3 training/train_default_v2.py --device "$DEVICE" --workers 8 --threads 4 --out "$CKPT" \
-    --grow-from src/fastv/zoo/models/default --aux-cell-layer 1 --aux-content-layer 2 --short-until 100 --test-images 100 \
+    --grow-from training/models/default_v1 --aux-cell-layer 1 --aux-content-layer 2 --short-until 100 --test-images 100 \
     --aux-scene-layer 2 --aux-query-layer 1 --kind-weights count=4,exists=2,anyleft=2,common=2,total=2 \
     --phase-b-batch 32 --phase-b-steps 6000 --lr-b 8e-4 --val-every 500 --log-every 100 \
     --fit-minutes "${FIT_MINUTES:-4}" --train-minutes "${TRAIN_MINUTES:-5.5}" "$@" 2>&1 | grep --line-buffered -v '^eval:' \

@@ -1,7 +1,7 @@
 """Where a default-model candidate's cell look-up breaks: the two hops, per layer, on cell questions.
 
     python training/lookup_probe.py --model training/checkpoints/default_v2/final            # long style
-    python training/lookup_probe.py --model src/fastv/zoo/models/default --style short      # the first model
+    python training/lookup_probe.py --model training/models/default_v1 --style short      # the first model
 
 A cell question ("What color is the object in cell b3? ...") is answered at the last prompt token,
 which must (1) gather which cell was asked, many tokens back, and (2) find that cell among the

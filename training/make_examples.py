@@ -16,27 +16,34 @@ from fastv.zoo.datasets import shapes  # noqa: E402
 from fastv.zoo.default_model import EXAMPLES_DIR  # noqa: E402
 
 OUT = EXAMPLES_DIR
-# (test-split index, question kinds asked about it)
+# (test-split index, question kinds asked tersely, kinds asked the LLaVA way): the default model
+# answers both styles; the long one carries LLaVA-1.5's phrasing and the scene-level kinds.
 PICKS = (
-    (0, ("color", "describe", "left")),
-    (1, ("shape", "exists", "above")),
-    (2, ("describe", "count")),
-    (3, ("color", "exists")),
+    (0, ("color", "describe", "left"), ("total", "common")),
+    (1, ("shape", "exists", "above"), ("colors", "color")),
+    (2, ("describe", "count"), ("total",)),
+    (3, ("color", "exists"), ("describe",)),
 )
 
 
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     items = []
-    for index, kinds in PICKS:
+    for index, kinds, long_kinds in PICKS:
         seed = shapes.split_seed("test", index)
         scene = shapes.make_scene(seed)
         name = f"scene_{index}.png"
         shapes.render(scene).save(OUT / name)
         # The same questions as the test split's evaluation (`shapes.eval_samples`) asks about this scene.
-        for s in shapes.eval_samples("test", 1, kinds=shapes.KINDS, start=index):
-            if s.kind in kinds:
-                items.append({"image": name, "seed": seed, "kind": s.kind, "prompt": s.question, "answer": s.answer})
+        asked = [
+            (s, "short") for s in shapes.eval_samples("test", 1, kinds=shapes.KINDS, start=index) if s.kind in kinds
+        ]
+        long = shapes.eval_samples("test", 1, kinds=shapes.ALL_KINDS, start=index, style="long")
+        asked += [(s, "long") for s in long if s.kind in long_kinds]
+        for s, style in asked:
+            items.append(
+                {"image": name, "seed": seed, "kind": s.kind, "style": style, "prompt": s.question, "answer": s.answer}
+            )
     doc = {
         "about": "Scenes of the shapes world (fastv.zoo.datasets.shapes, test split) for fastv's default model. "
         "Cells are a1..d4: column letter left to right, row number top to bottom.",

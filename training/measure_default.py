@@ -2,7 +2,7 @@
 
     python training/measure_default.py --model training/checkpoints/default_v2/final            # attention only
     python training/measure_default.py --model training/checkpoints/default_v2/final --bar      # + FastV vs random
-    python training/measure_default.py --model src/fastv/zoo/models/default --style short --kinds cell  # shipped
+    python training/measure_default.py --model training/models/default_v1 --style short --kinds cell  # the first model
 
 1. Writes test-split scenes (PNG) with one question per kind (`--style`, `--kinds`) as
    ``prompts.jsonl`` (for `fastv analyze`) and ``samples.jsonl`` (for `fastv eval`).

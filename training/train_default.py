@@ -9,7 +9,9 @@ answers then depend on a few tokens, which is what makes visual-token pruning me
 Phase B trains LLaVA end to end with the tower frozen, on several question/answer pairs packed
 after each image (loss on the answers only), in exactly the chat-template format users send.
 At the end the model is evaluated on the test split with greedy `generate` and installed into
-``src/fastv/zoo/models/default/``; ``training/default_model_report.json`` records the results.
+``training/models/default_v1/`` (the first default model, shipped until the second recipe's model,
+`train_default_v2.py`, replaced it; the second grows from it); ``training/default_model_report.json``
+records the results.
 
 Measured: about 85 minutes on a 2-core CPU shared with other jobs (1 thread; 98.5% test exact match).
 """
@@ -39,12 +41,12 @@ from model_setup import NUM_IMAGE_TOKENS, build_model, build_processor  # noqa: 
 
 from fastv.eval.default_model import exact_match  # noqa: E402
 from fastv.zoo.datasets import shapes  # noqa: E402
-from fastv.zoo.default_model import DEFAULT_MODEL_DIR  # noqa: E402
 
 COLOR_IDS = {c: i + 1 for i, c in enumerate(shapes.COLORS)}
 SHAPE_IDS = {s: i + 1 for i, s in enumerate(shapes.SHAPES)}
 SIZE_IDS = {s: i + 1 for i, s in enumerate(shapes.SIZES)}
 GRID_PATCHES = shapes.IMAGE_SIZE // shapes.PATCH_SIZE
+FIRST_MODEL_DIR = ROOT / "training" / "models" / "default_v1"  # where this recipe installs its model
 # Per-patch heads of phase A: name -> number of classes.
 HEADS = {"cell": len(shapes.CELLS), "color": 6, "shape": 5, "size": 3, "ccolor": 6, "cshape": 5}
 PHASE_A_OFFSET = 500_000_000  # phase A draws train scenes from a different index range than phase B
@@ -69,7 +71,7 @@ def parse_args() -> argparse.Namespace:
     # One thread: on a 2-core machine shared with other jobs, two OpenMP threads slowed steps 4-10x.
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-bf16", action="store_true")
-    p.add_argument("--no-install", action="store_true", help="do not copy the model into the package")
+    p.add_argument("--no-install", action="store_true", help="do not copy the model into training/models/default_v1")
     return p.parse_args()
 
 
@@ -313,10 +315,10 @@ def main() -> None:
     }
     (ROOT / "training" / "default_model_report.json").write_text(json.dumps(report, indent=2) + "\n")
     if not args.no_install:
-        DEFAULT_MODEL_DIR.mkdir(parents=True, exist_ok=True)
+        FIRST_MODEL_DIR.mkdir(parents=True, exist_ok=True)
         for f in final.iterdir():
-            shutil.copy2(f, DEFAULT_MODEL_DIR / f.name)
-        print(f"installed into {DEFAULT_MODEL_DIR}")
+            shutil.copy2(f, FIRST_MODEL_DIR / f.name)
+        print(f"installed into {FIRST_MODEL_DIR}")
 
 
 if __name__ == "__main__":

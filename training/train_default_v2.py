@@ -54,7 +54,7 @@ installing it as the shipped default is a separate, deliberate step (``training/
 
 Cost measured on the 2-core CPU (1 thread, bf16 autocast; CPU seconds, the machine being shared):
 phase B about 4.5 s per step of 16 images x 8 turns (~420 tokens), so the default 1500 steps are
-about 1.9 CPU hours; phase A is skipped with ``--init-vision src/fastv/zoo/models/default`` (the first
+about 1.9 CPU hours; phase A is skipped with ``--init-vision training/models/default_v1`` (the first
 default model's tower, which its phase B kept frozen). On one GPU the same recipe runs at batch 32.
 """
 

@@ -65,7 +65,7 @@ def model(name: str) -> ModelInfo:
         if not has_default_weights():
             raise FastVError(
                 f"the default model's weights are missing from {DEFAULT_MODEL_DIR}: "
-                "reinstall fastv or train them with `python training/train_default.py`"
+                "reinstall fastv or train them with `python training/train_default_v2.py`"
             )
         return _config_info(name, DEFAULT_MODEL_DIR / "config.json")
     if not name or not name.strip():

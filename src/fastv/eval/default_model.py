@@ -1,6 +1,6 @@
 """Accuracy of the shipped default model on the shapes world, the way a user runs it.
 
-Training (`training/train_default.py`), the default model's tests and the vLLM serving tests score
+Training (`training/train_default.py`, `training/train_default_v2.py`), the default model's tests and the vLLM serving tests score
 the model with these; they live in the eval layer because they generate through `fastv.run`.
 """
 

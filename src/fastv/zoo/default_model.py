@@ -1,9 +1,10 @@
 """fastv's default model: a small LLaVA trained on the shapes world, shipped inside the package.
 
 No pretrained LVLM can be downloaded on machines without a hub, so fastv ships its own (trained by
-``training/train_default.py``). It has exactly the LLaVA-1.5 architecture (CLIP-style tower, two-layer
-MLP projector, Llama text model), 144 visual tokens, and answers questions about
-`fastv.zoo.datasets.shapes` scenes. Loading is offline: the files sit in ``DEFAULT_MODEL_DIR``.
+``training/train_default_v2.py``, grown from the first default model of ``training/train_default.py``).
+It has exactly the LLaVA-1.5 architecture (CLIP-style tower, two-layer MLP projector, Llama text
+model), LLaVA-1.5's system prompt and chat template, 144 visual tokens, and answers questions about
+`fastv.zoo.datasets.shapes` scenes, asked tersely or the LLaVA way. Loading is offline: the files sit in ``DEFAULT_MODEL_DIR``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ def load_default(dtype: torch.dtype = torch.float32, path: str | Path = DEFAULT_
 
     path = Path(path)
     if not has_default_weights(path):
-        raise FileNotFoundError(f"no default model in {path}; train it with `python training/train_default.py`")
+        raise FileNotFoundError(
+            f"no default model in {path}; train it with `python training/train_default_v2.py` and install its "
+            "final folder with `python training/export_checkpoint.py --ckpt OUT/last.pt`"
+        )
     processor = AutoProcessor.from_pretrained(path, local_files_only=True)
     model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=True)
     model.eval()
