@@ -61,6 +61,17 @@ def fastv_vs_random(rows: list[dict], visual_tokens: int) -> str:
     return "\n".join(out)
 
 
+def _most_tokens_first(budget: str) -> tuple[int, float]:
+    """Columns from the largest budget to the smallest, whatever order the runs were appended in:
+    `r=` budgets (a share pruned) before `keep=` ones (tokens kept), each from most tokens to fewest."""
+    name, _, value = budget.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        return (2, 0.0)
+    return (0, number) if name == "r" else (1, -number)
+
+
 def methods(rows: list[dict]) -> str:
     full = next(r for r in rows if r["method"] == "full")
     budgets: list[str] = []
@@ -77,6 +88,7 @@ def methods(rows: list[dict]) -> str:
         if s["budget"] not in budgets:
             budgets.append(s["budget"])
         table.setdefault(label, {})[s["budget"]] = r
+    budgets.sort(key=_most_tokens_first)
     out = ["| method | " + " | ".join(budgets) + " |", "|---" * (len(budgets) + 1) + "|"]
     out.append(f"| full model | {_pct(full['average'])} |" + " |" * (len(budgets) - 1))
     for label, by_budget in table.items():

@@ -2,8 +2,8 @@
 correct result with a warning; never a traceback, never a silent wrong answer.
 
 One test (or a few) per defect of the issue, numbered like it. The CLI runs in-process (typer's
-CliRunner); where a model must load it is the shipped default model (6 layers, 144 visual tokens,
-512-token context) or the tiny random LLaVA of `tiny_processor`.
+CliRunner); where a model must load it is the shipped default model (its layer count and context
+window read from its config, 144 visual tokens) or the tiny random LLaVA of `tiny_processor`.
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ from typer.testing import CliRunner
 
 from fastv.cli import _register, app
 from fastv.core.errors import FastVError
-from fastv.zoo.default_model import EXAMPLES_DIR
+from fastv.zoo.default_model import DEFAULT_MODEL_DIR, EXAMPLES_DIR
 
 EXAMPLES = EXAMPLES_DIR
 SCENE = EXAMPLES / "scene_0.png"
+_TEXT = json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())["text_config"]
+LAYERS, WINDOW = _TEXT["num_hidden_layers"], _TEXT["max_position_embeddings"]  # the shipped model's shape
 
 
 def cli(*args: str):
@@ -337,10 +339,10 @@ def test_9_analyze_prompts_file_rows_are_named(files, tmp_path, content, words):
 
 # ---- 10. warnings at the edges -----------------------------------------------------------------------
 def test_10_prompt_past_the_context_window_warns(tmp_path):
-    long = " ".join(["circle"] * 600)  # the default model's window is 512 tokens
+    long = " ".join(["circle"] * (WINDOW + 50))  # one token per word: past the window with any template
     res = cli("generate", "--prompt", long, "--image", SCENE, "--max-new-tokens", "1")
     assert res.exit_code == 0, res.output
-    assert "warning: the prompt has" in res.stderr and "context window is 512" in res.stderr
+    assert "warning: the prompt has" in res.stderr and f"context window is {WINDOW}" in res.stderr
     short = cli("generate", "--prompt", "color a3", "--image", SCENE, "--max-new-tokens", "1")
     assert short.exit_code == 0 and "warning" not in short.stderr
 
@@ -420,9 +422,9 @@ def test_12_inputs_are_checked_before_the_model_loads(monkeypatch, files):
 
     monkeypatch.setattr(fastv.loading, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
     refused(cli("generate", "--prompt", "x", "--image", files / "text.png"), "text.png")
-    refused(cli("generate", "--prompt", "x", "--image", SCENE, "--k", "6"), "--k 6", "0..5")
-    refused(cli("analyze", "--image", SCENE, "--k", "6", "--out", files / "a"), "--k 6")
-    refused(cli("eval", "--k", "1,9", "--ratio", "0.5", "--out", files / "o"), "--k 9")
+    refused(cli("generate", "--prompt", "x", "--image", SCENE, "--k", LAYERS), f"--k {LAYERS}", f"0..{LAYERS - 1}")
+    refused(cli("analyze", "--image", SCENE, "--k", LAYERS, "--out", files / "a"), f"--k {LAYERS}")
+    refused(cli("eval", "--k", f"1,{LAYERS + 3}", "--ratio", "0.5", "--out", files / "o"), f"--k {LAYERS + 3}")
 
 
 def test_12_a_refused_eval_leaves_no_run_json(tiny, tmp_path):
