@@ -3,7 +3,7 @@
 #   newest: whatever pip picks inside pyproject's range -> the whole suite
 #   oldest: the range's lower bound (fastv/core/hf/compat.py OLDEST_TESTED) -> engine, families, methods, default model
 #   serving: vLLM (CPU) with fastv's plug-in -> the real-server tests (tests_serving/setup_venv.sh builds it)
-# `make test-transformers V=5.25.0` reruns the whole suite on any release (how the range moves forward).
+# `make test-transformers V=5.26.0` reruns the whole suite on any release (how the range moves forward).
 .PHONY: test install system-deps test-newest test-oldest test-serving test-transformers
 
 PYTHON ?= python3
@@ -42,7 +42,7 @@ test-oldest:
 	$(call venv,oldest,"transformers==$(OLDEST)")
 	$(VENVS)/oldest/bin/python -m pytest $(CORE_TESTS)
 
-test-transformers: system-deps  ## make test-transformers V=5.25.0
+test-transformers: system-deps  ## make test-transformers V=5.26.0
 	@[ -n "$(V)" ] || { echo "usage: make test-transformers V=<transformers version>"; exit 2; }
 	$(call venv,tf-$(V),"transformers==$(V)")
 	$(VENVS)/tf-$(V)/bin/python -m pytest
