@@ -12,7 +12,9 @@ What changes against vLLM's `LlavaForConditionalGeneration`, all through its pub
   and `fastv.serving.vllm_processing`, shared with the Qwen2.5-VL class);
 - the processor gives each image the method's kept count of placeholders, so the KV cache holds only
   those; `embed_multimodal` computes the full features and returns the rows kept (or merged) by
-  fastv's own method code (`fastv.serving.pruning.ImagePruner`);
+  fastv's own method code (`fastv.serving.pruning.ImagePruner`); for the methods that choose by the
+  features it encodes each image alone (`_one_image`), as the positions were chosen, so a batch's other
+  floats cannot pair one kept set's features with another's positions at a near-tie;
 - original positions through `get_mrope_input_positions` (see the class docstring);
 - the vision tower's [CLS] attention is observed on its last built layer, for the methods that rank
   by it (visionzip, holov; `fastv.serving.tower_attention`);
@@ -38,7 +40,7 @@ from vllm.model_executor.models.utils import WeightsMapper
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from fastv.core.hf.attention_tap import query_attention
-from fastv.serving.pruning import ImagePruner
+from fastv.serving.pruning import DATA_DEPENDENT, ImagePruner
 from fastv.serving.settings import FIELD, INSTRUCTION, Encoded, Pruners, field
 from fastv.serving.tower_attention import TowerView, reads_cls_attention, tower_extra
 from fastv.serving.vllm_processing import PrunedImagesProcessor
@@ -106,12 +108,24 @@ class FastvLlavaForConditionalGeneration(LlavaForConditionalGeneration, Supports
             return self._process_image_input(image_input)
         count = len(image_input["pixel_values"])
         pruners = [self._pruners.get(None if blobs is None else blobs[i]) for i in range(count)]
-        projected, extras = self._encode(image_input, pruners)
+        if any(p is not None and p.method.name in DATA_DEPENDENT for p in pruners):
+            # one at a time, as `_kept_indices` encodes an image for its positions: a batch may take other
+            # kernels (other floats), and a near-tie could then place one kept set's features at another's
+            # positions
+            alone = [self._encode(self._one_image(image_input["pixel_values"][i]), [p]) for i, p in enumerate(pruners)]
+            projected, extras = [a[0][0] for a in alone], [a[1][0] for a in alone]
+        else:
+            projected, extras = self._encode(image_input, pruners)
         out = []
         for i, (rows, pruner) in enumerate(zip(projected, pruners, strict=True)):
             text = self._pruners.instruction(pruner, None if texts is None else texts[i])
             out.append(rows if pruner is None else pruner.prune(rows, extras[i], text)[1])
         return tuple(out)
+
+    def _one_image(self, pixels: torch.Tensor) -> dict[str, Any]:
+        """One image's pixels (3, H, W) as a batch of one for `_encode`, on the tower's device and dtype."""
+        weight = next(self.vision_tower.parameters())
+        return {"type": "pixel_values", "pixel_values": pixels[None].to(weight.device, weight.dtype)}
 
     def _encode(
         self, image_input: Any, pruners: list[ImagePruner | None]
@@ -191,11 +205,8 @@ class FastvLlavaForConditionalGeneration(LlavaForConditionalGeneration, Supports
         n = _num_image_tokens(self.config)
 
         def features() -> Encoded:
-            weight = next(self.vision_tower.parameters())
-            pixels = data["pixel_values"].data[None].to(weight.device, weight.dtype)
-            image = {"type": "pixel_values", "pixel_values": pixels}
             pruner = self._pruners.get(blob)
-            projected, extras = self._encode(image, [pruner])
+            projected, extras = self._encode(self._one_image(data["pixel_values"].data), [pruner])
             return projected[0], extras[0], self._pruners.instruction(pruner, field(data, INSTRUCTION))
 
         return self._pruners.kept(blob, n, self.config.text_config.hidden_size, features), n
