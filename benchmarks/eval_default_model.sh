@@ -18,16 +18,16 @@ fastv eval "${COMMON[@]}" --method fastv,fastv_mean --k 2 --keep 48,32,16 --out 
 fastv eval "${COMMON[@]}" --method random,uniform,pool --keep 48,32,16 --out "$OUT/methods"
 
 # Issue 18: the successors as their official code runs them (positions contiguous) and fastv's variant
-# (original positions), plus the composition visionzip+fastv. The README's table uses the first 33
-# questions (3 scenes x 11 kinds): what the shared 2-core machine could run in one session;
-# SUCCESSORS_LIMIT=110 for all 10 scenes (or point --data at $DATA for all 220).
-SUCC=(--model default --data shapes:test:10:all:long --limit "${SUCCESSORS_LIMIT:-33}" --max-new-tokens 6 --no-progress)
+# (original positions), plus the composition visionzip+fastv. The README's tables use 110 questions
+# (10 scenes x 11 kinds; ~10 minutes for both tables on 2 CPU cores); SUCCESSORS_LIMIT=N for fewer,
+# or point --data at $DATA for all 220.
+SUCC=(--model default --data shapes:test:10:all:long --limit "${SUCCESSORS_LIMIT:-110}" --max-new-tokens 6 --no-progress)
 fastv eval "${SUCC[@]}" --method pdrop,visionzip,divprune --keep 48 --positions contiguous,original --out "$OUT/successors"
 fastv eval "${SUCC[@]}" --method visionzip+fastv --keep 48 --out "$OUT/successors"
 fastv eval "${SUCC[@]}" --method visionzip,divprune --keep 16 --positions contiguous,original --out "$OUT/successors"
 # pdrop's first cut is layer L/4 = 2 of 10, so its layer-average budget cannot go below 2 x 144 / 10 = 28.8.
 fastv eval "${SUCC[@]}" --method pdrop,visionzip,divprune --keep 32 --positions contiguous,original --out "$OUT/successors"
 
-# Issue 18: the whole field (each method with its defaults) on the same 33 questions as the successors table.
+# Issue 18: the whole field (each method with its defaults) on the same 110 questions as the successors table.
 fastv eval "${SUCC[@]}" --method fastv,dart,cdpruner,holov,vscan,flowcut,sparsevlm,visionzip,divprune,random \
     --keep 48,32,16 --out "$OUT/field"
