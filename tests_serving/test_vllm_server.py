@@ -21,6 +21,7 @@ from fastv.eval.default_model import answer
 from fastv.serving.client import DEFAULT_MAX_TOKENS as MAX_TOKENS
 from fastv.serving.client import data_url
 from fastv.serving.pruning import pre_lm_method
+from fastv.serving.settings import instruction_ids
 from fastv.zoo.datasets import shapes
 
 SAMPLES = shapes.eval_samples("test", 2)  # 2 unseen scenes x 7 question kinds
@@ -138,10 +139,9 @@ def cdpruner_margin(features: torch.Tensor, instruction: torch.Tensor, k: int) -
     return min((g for g in gaps if g > 0), default=float("inf"))
 
 
-def near_tie_samples(loaded, settings: dict) -> set[int]:
-    """Indices of the samples whose image (and question, for CDPruner) has a near-tie at the budget."""
+def near_tie_samples(loaded, method: str, k: int) -> set[int]:
+    """Indices of the samples whose image (and question, for CDPruner) has a near-tie at budget k."""
     model, processor = loaded
-    k = settings["keep"]
     out = set()
     for i, (image, question) in enumerate(zip(IMAGES, QUESTIONS, strict=True)):
         inputs = processor(images=[image], text=[chat_text(processor, question, 1, False)], return_tensors="pt")
@@ -151,13 +151,12 @@ def near_tie_samples(loaded, settings: dict) -> set[int]:
             feats = (feats[0] if isinstance(feats, (list, tuple)) else feats).reshape(
                 -1, model.config.text_config.hidden_size
             )
-            ids = inputs["input_ids"][0]
-            after = ids[int((ids == model.config.image_token_id).nonzero().max()) + 1 :]
-            instruction = model.get_input_embeddings()(after)  # the text after the image, as CDPruner reads it
-        if settings["method"] == "divprune":
-            near = divprune_margin(feats, k) < DIVPRUNE_NEAR_TIE
-        else:
-            near = cdpruner_margin(feats, instruction, k) < CDPRUNER_NEAR_TIE
+            if method == "divprune":
+                near = divprune_margin(feats, k) < DIVPRUNE_NEAR_TIE
+            else:  # the text after the image, as CDPruner (and the server) reads it
+                after = instruction_ids(inputs["input_ids"][0].tolist(), {model.config.image_token_id})
+                instruction = model.get_input_embeddings()(torch.tensor(after))
+                near = cdpruner_margin(feats, instruction, k) < CDPRUNER_NEAR_TIE
         if near:
             out.add(i)
     return out
@@ -175,7 +174,7 @@ def test_answers_equal_fastv_in_transformers(server, reference, loaded, case):
     want = reference(settings)
     if settings is not None and settings["method"] in GREEDY:
         # a near-tie in a greedy choice may go either way; everything else must agree
-        loose = near_tie_samples(loaded, {**settings, "keep": pre_lm_method(settings).keep_count(N_VISUAL)})
+        loose = near_tie_samples(loaded, settings["method"], pre_lm_method(settings).keep_count(N_VISUAL))
         differ = [i for i in range(len(SAMPLES)) if got[i] != want[i]]
         shown = [(QUESTIONS[i], want[i], got[i]) for i in differ]
         print(f"{case}: near-tie samples {sorted(loose)}; differing answers (question, transformers, vLLM): {shown}")

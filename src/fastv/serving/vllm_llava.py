@@ -112,8 +112,9 @@ class FastvLlavaForConditionalGeneration(LlavaForConditionalGeneration, Supports
             # one at a time, as `_kept_indices` encodes an image for its positions: a batch may take other
             # kernels (other floats), and a near-tie could then place one kept set's features at another's
             # positions
-            alone = [self._encode(self._one_image(image_input["pixel_values"][i]), [p]) for i, p in enumerate(pruners)]
-            projected, extras = [a[0][0] for a in alone], [a[1][0] for a in alone]
+            images = zip(image_input["pixel_values"], pruners, strict=True)
+            alone = [self._encode(self._one_image(pixels), [p]) for pixels, p in images]
+            projected, extras = [rows[0] for rows, _ in alone], [seen[0] for _, seen in alone]
         else:
             projected, extras = self._encode(image_input, pruners)
         out = []
